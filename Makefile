@@ -1,0 +1,35 @@
+# The two commands a new machine needs: `make dev` (set up and run) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+SHARED_MODEL := $(abspath ../shared/models/centernet-coco-tfhub-style)
+
+.PHONY: dev test setup test-setup lint bench
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+setup: $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector]'
+
+# Offline machines cannot reach TF Hub: use the shared SavedModel (same signature) when present.
+dev: setup
+	@if [ -z "$$IMAGEREC_DETECTOR_MODEL" ] && [ -d "$(SHARED_MODEL)" ]; then \
+	  export IMAGEREC_DETECTOR_MODEL="$(SHARED_MODEL)"; fi; \
+	exec $(VENV)/bin/imagerec dev
+
+test-setup: $(VENV)/bin/python
+	@command -v chromium >/dev/null && command -v exiftool >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium libimage-exiftool-perl >/dev/null; }
+	sh tests/start-services.sh
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,test]'
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: test-setup lint
+	$(VENV)/bin/python -m pytest
+
+bench: setup
+	$(VENV)/bin/python benchmarks/run.py

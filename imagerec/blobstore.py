@@ -1,0 +1,140 @@
+"""Where originals and thumbnails live: a local folder (embedded default) or Redis.
+
+Both backends keep a blob as plain bytes under its key, so an outside emitter can
+`SET` an original in Redis and then announce it with a CloudEvent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+import redis
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+
+
+class BlobNotFound(KeyError):
+    """No blob under that key; not worth retrying."""
+
+
+class BlobStoreUnavailable(RuntimeError):
+    """The store could not be reached; worth retrying."""
+
+
+class BlobStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def delete(self, key: str) -> None: ...
+    def exists(self, key: str) -> bool: ...
+
+
+def original_key(user_id: int, album_id: int, image_id: str, extension: str) -> str:
+    """The service makes every key; a client's file name never becomes part of one."""
+    return check_key(f"{user_id}/{album_id}/{image_id}.{extension.lower()}")
+
+
+def thumbnail_key(original: str) -> str:
+    """Beside the original, so deleting an album's folder of keys takes both."""
+    stem = original.rsplit(".", 1)[0]
+    return check_key(f"{stem}.thumb.jpg")
+
+
+def check_key(key: str) -> str:
+    if len(key) > 512 or not _KEY.match(key) or ".." in key:
+        raise ValueError(f"invalid blob key {key!r}")
+    return key
+
+
+class FolderBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write beside the target and rename, so readers never see half a file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise BlobNotFound(key) from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+
+class RedisBlobStore:
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+
+    def put(self, key: str, data: bytes) -> None:
+        with _unavailable_on_connection_error():
+            self.client.set(check_key(key), data)
+
+    def get(self, key: str) -> bytes:
+        with _unavailable_on_connection_error():
+            data = self.client.get(check_key(key))
+        if data is None:
+            raise BlobNotFound(key)
+        return data
+
+    def delete(self, key: str) -> None:
+        with _unavailable_on_connection_error():
+            self.client.delete(check_key(key))
+
+    def exists(self, key: str) -> bool:
+        with _unavailable_on_connection_error():
+            return bool(self.client.exists(check_key(key)))
+
+
+class _unavailable_on_connection_error:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None and isinstance(
+            exc, redis.exceptions.ConnectionError | redis.TimeoutError
+        ):
+            raise BlobStoreUnavailable(f"blob store unreachable: {exc}") from exc
+        return False
+
+
+_stores: dict[str, BlobStore] = {}
+
+
+def open_blob_store(url: str) -> BlobStore:
+    """One store per URL per process: the Redis pool is made once and reused."""
+    if url not in _stores:
+        scheme = urlparse(url).scheme
+        if scheme in ("redis", "rediss", "unix"):
+            _stores[url] = RedisBlobStore(url)
+        elif scheme == "file":
+            _stores[url] = FolderBlobStore(Path(urlparse(url).path))
+        elif scheme == "":
+            _stores[url] = FolderBlobStore(Path(url))
+        else:
+            raise ValueError(f"unsupported IMAGEREC_BLOB_URL scheme {scheme!r}")
+    return _stores[url]

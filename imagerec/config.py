@@ -1,0 +1,59 @@
+"""Configuration from the environment; the embedded default needs none of it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DETECTOR_MODEL = "https://tfhub.dev/google/openimages_v4/ssd/mobilenet_v2/1"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    blob_url: str
+    sink: str | None
+    detector_model: str
+    # Scores of the offline CenterNet model are modest (a true dog scores 0.37), so the
+    # default keeps real objects of shared/testdata/images/objects while dropping noise
+    # (an empty image peaks at 0.012); see functions/detect_objects.py.
+    detection_threshold: float
+    thumbnail_size: int
+    max_image_pixels: int
+    max_upload_bytes: int
+    stuck_after_seconds: float
+
+    @property
+    def secret_key(self) -> str:
+        """IMAGEREC_SECRET_KEY, else a key generated once and kept in the data folder."""
+        from_env = os.environ.get("IMAGEREC_SECRET_KEY")
+        if from_env:
+            return from_env
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip()
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    data_dir = Path(env.get("IMAGEREC_DATA_DIR") or Path.cwd() / ".imagerec").resolve()
+    return Settings(
+        data_dir=data_dir,
+        database_url=env.get("IMAGEREC_DATABASE_URL") or f"sqlite:///{data_dir / 'imagerec.db'}",
+        blob_url=env.get("IMAGEREC_BLOB_URL") or f"file://{data_dir / 'blobs'}",
+        sink=env.get("K_SINK") or None,
+        detector_model=env.get("IMAGEREC_DETECTOR_MODEL") or DEFAULT_DETECTOR_MODEL,
+        detection_threshold=float(env.get("IMAGEREC_DETECTION_THRESHOLD", "0.25")),
+        thumbnail_size=int(env.get("IMAGEREC_THUMBNAIL_SIZE", "256")),
+        max_image_pixels=int(env.get("IMAGEREC_MAX_IMAGE_PIXELS", str(50_000_000))),
+        max_upload_bytes=int(env.get("IMAGEREC_MAX_UPLOAD_BYTES", str(30 * 1024 * 1024))),
+        stuck_after_seconds=float(env.get("IMAGEREC_STUCK_AFTER_SECONDS", "300")),
+    )

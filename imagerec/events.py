@@ -1,0 +1,144 @@
+"""The one module that knows the CloudEvents wire format and imagerec's event types.
+
+Parsing is as strict as Knative's broker (semantics §1), not as lenient as the Python SDK:
+anything the broker would refuse is refused here too, as `BadEvent`, which HTTP maps to 400.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import cloudevents.exceptions
+import jsonschema
+import requests
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent, from_http
+
+UPLOADED = "dev.imagerec.image.uploaded"
+ACCEPTED = "dev.imagerec.image.accepted"
+REJECTED = "dev.imagerec.image.rejected"
+PROCESSED = "dev.imagerec.image.processed"
+IMAGE_EVENT_TYPES = (UPLOADED, ACCEPTED, REJECTED, PROCESSED)
+
+STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+_EXTENSION_NAME = re.compile(r"^[a-z0-9]+$")
+_CORE_ATTRIBUTES = {
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "time",
+}
+
+
+class BadEvent(ValueError):
+    """The request is not a valid imagerec CloudEvent; retrying cannot help."""
+
+
+class EmitFailed(RuntimeError):
+    """The sink did not take the event."""
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
+    """Decode one CloudEvent from an HTTP request in binary or structured mode."""
+    headers = {k.lower(): v for k, v in headers.items()}
+    kind = media_type(headers.get("content-type"))
+    if kind == BATCH:
+        raise BadEvent("batched CloudEvents are not accepted")
+    if kind != STRUCTURED and "ce-specversion" not in headers:
+        raise BadEvent("not a CloudEvent: no ce-specversion header and not structured mode")
+    if kind == STRUCTURED:
+        try:
+            envelope = json.loads(body or b"null")
+        except ValueError:
+            raise BadEvent("structured CloudEvent body is not JSON") from None
+        if not isinstance(envelope, dict):
+            raise BadEvent("structured CloudEvent body must be a JSON object")
+        names = set(envelope) - _CORE_ATTRIBUTES - {"data", "data_base64"}
+    else:
+        names = {h[3:] for h in headers if h.startswith("ce-")} - _CORE_ATTRIBUTES
+    for name in names:
+        if not _EXTENSION_NAME.match(name):
+            raise BadEvent(f"invalid extension attribute name {name!r}: use [a-z0-9] only")
+    try:
+        event = from_http(headers, body)
+    except cloudevents.exceptions.GenericException as e:
+        raise BadEvent(f"malformed CloudEvent: {_first_line(e)}") from None
+    for attribute in ("id", "source", "type"):
+        if not str(event.get(attribute) or "").strip():
+            raise BadEvent(f"CloudEvent attribute {attribute!r} is missing or blank")
+    if event.get("specversion") not in ("1.0", "0.3"):
+        raise BadEvent(f"unsupported specversion {event.get('specversion')!r}")
+    return event
+
+
+def event_data(event: CloudEvent) -> dict[str, Any]:
+    """The event's JSON data, checked against the published schema of its type."""
+    data = event.data
+    if isinstance(data, bytes | str):
+        try:
+            data = json.loads(data or "null")
+        except ValueError:
+            raise BadEvent("event data is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadEvent("event data must be a JSON object")
+    schema = event_schema(event["type"]) if event["type"] in IMAGE_EVENT_TYPES else None
+    if schema is not None:
+        error = jsonschema.exceptions.best_match(
+            jsonschema.Draft202012Validator(schema).iter_errors(data)
+        )
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "data"
+            raise BadEvent(f"invalid {event['type']} data at {where}: {error.message}"[:500])
+        if event.get("subject") != data["imageId"]:
+            raise BadEvent("CloudEvent subject must be the image id (data.imageId)")
+    return data
+
+
+@cache
+def event_schema(event_type: str) -> dict[str, Any]:
+    """The JSON Schema published for an event type (imagerec/schemas/<type>.json)."""
+    text = resources.files("imagerec.schemas").joinpath(f"{event_type}.json").read_text()
+    return json.loads(text)
+
+
+def new_event(
+    event_type: str, source: str, data: dict[str, Any], subject: str | None = None
+) -> CloudEvent:
+    attributes = {"type": event_type, "source": source, "datacontenttype": "application/json"}
+    if subject is not None:
+        attributes["subject"] = subject
+    return CloudEvent(attributes, data)
+
+
+def encode(event: CloudEvent, structured: bool = False) -> tuple[dict[str, str], bytes]:
+    headers, body = to_structured(event) if structured else to_binary(event)
+    return dict(headers), body if isinstance(body, bytes) else str(body).encode()
+
+
+def emit(event: CloudEvent, sink: str, timeout: float = 10.0) -> None:
+    """POST an event to a sink (the Broker, as K_SINK names it)."""
+    headers, body = encode(event)
+    try:
+        response = requests.post(sink, data=body, headers=headers, timeout=timeout)
+    except requests.RequestException as e:
+        raise EmitFailed(f"could not reach {sink}: {e}") from e
+    if not 200 <= response.status_code < 300:
+        raise EmitFailed(f"{sink} answered {response.status_code}: {response.text[:200]}")
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:300]

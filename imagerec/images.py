@@ -1,0 +1,74 @@
+"""Image rows: registering an upload, moving its status, and describing it as an event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from imagerec.blobstore import BlobStore
+from imagerec.models import Album, Image, Status, User
+
+
+class UnknownOwner(LookupError):
+    """The user or album named by an event does not exist (or do not belong together)."""
+
+
+def register_upload(session: Session, data: dict[str, Any], blobs: BlobStore) -> Image:
+    """The image row for an uploaded event, made if absent (outside emitters make no row).
+
+    Refuses, and stores nothing, when the user, the album or the blob does not exist.
+    """
+    image = session.get(Image, data["imageId"])
+    if image is not None:
+        if image.user_id != data["userId"] or image.album_id != data["albumId"]:
+            raise UnknownOwner(f"image {data['imageId']} belongs to another user or album")
+        return image
+    if session.get(User, data["userId"]) is None:
+        raise UnknownOwner(f"no user {data['userId']}")
+    album = session.get(Album, data["albumId"])
+    if album is None or album.user_id != data["userId"]:
+        raise UnknownOwner(f"no album {data['albumId']} for user {data['userId']}")
+    if not blobs.exists(data["blobKey"]):
+        raise UnknownOwner(f"no blob under key {data['blobKey']!r}")
+    image = Image(
+        id=data["imageId"],
+        user_id=data["userId"],
+        album_id=data["albumId"],
+        blob_key=data["blobKey"],
+        file_name=data["fileName"],
+        content_type=data.get("contentType"),
+        size=data["size"],
+        status=Status.UPLOADED,
+    )
+    session.add(image)
+    session.flush()
+    return image
+
+
+def set_status(session: Session, image_id: str, status: Status, reason: str | None = None) -> bool:
+    """Move an image to `status`; False when there is no such image."""
+    image = session.get(Image, image_id)
+    if image is None:
+        return False
+    image.status = status
+    image.reason = reason
+    return True
+
+
+def uploaded_event_data(image: Image) -> dict[str, Any]:
+    """The data of the dev.imagerec.image.uploaded event that starts this image's workflow."""
+    return {
+        "imageId": image.id,
+        "userId": image.user_id,
+        "albumId": image.album_id,
+        "blobKey": image.blob_key,
+        "fileName": image.file_name,
+        "contentType": image.content_type,
+        "size": image.size,
+    }
+
+
+def images_in_status(session: Session, *statuses: Status) -> list[Image]:
+    return list(session.scalars(select(Image).where(Image.status.in_(statuses))))

@@ -1,0 +1,103 @@
+"""What every workflow step shares: its resources, made once per process, and the HTTP
+contract with Knative (semantics §3, §4, §10).
+
+A step is a function `CloudEvent -> CloudEvent | None`; `cloudevent_step` turns it into a
+functions-framework HTTP entry point that answers
+  200 + the reply CloudEvent (binary mode)  -> Knative forwards it (Broker or next step)
+  202, empty                                -> done, nothing to forward
+  400 short text                            -> malformed event: not retried, dead-lettered
+  422 short text                            -> refers to something that does not exist: not retried
+  503 short text                            -> a store is unreachable: Knative retries with backoff
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+import flask
+import sqlalchemy.exc
+from cloudevents.http import CloudEvent
+from sqlalchemy.orm import Session
+
+from imagerec.blobstore import BlobNotFound, BlobStore, BlobStoreUnavailable, open_blob_store
+from imagerec.config import Settings, load_settings
+from imagerec.db import session_factory
+from imagerec.events import BadEvent, encode, parse_event
+from imagerec.images import UnknownOwner
+
+log = logging.getLogger("imagerec.steps")
+
+# Knative copies a failing body into knativeerrordata, base64, into a 1024-byte buffer;
+# over 768 bytes its dispatcher panics (semantics §4). Stay well under.
+MAX_ERROR_BODY = 700
+
+
+class Refused(Exception):
+    """The event names a user, album, image or blob that does not exist: not retryable."""
+
+
+class Unavailable(Exception):
+    """A dependency (model, store) is not ready: worth retrying later."""
+
+
+@functools.cache
+def settings() -> Settings:
+    return load_settings()
+
+
+def blob_store() -> BlobStore:
+    return open_blob_store(settings().blob_url)
+
+
+def db_session() -> Session:
+    return session_factory(settings().database_url)()
+
+
+Step = Callable[[CloudEvent], CloudEvent | None]
+
+
+def cloudevent_step(step: Step) -> Callable[[flask.Request], flask.typing.ResponseReturnValue]:
+    @functools.wraps(step)
+    def entry_point(request: flask.Request) -> flask.typing.ResponseReturnValue:
+        if request.method != "POST":
+            return _plain(405, "POST a CloudEvent")
+        try:
+            event = parse_event(request.headers, request.get_data())
+            log.info(
+                "%s: %s %s (id %s)", step.__name__, event["type"], event.get("subject"), event["id"]
+            )
+            reply = step(event)
+        except BadEvent as e:
+            return _plain(400, f"bad event: {e}")
+        except (Refused, UnknownOwner, BlobNotFound) as e:
+            return _plain(422, f"refused: {_describe(e)}")
+        except (
+            Unavailable,
+            BlobStoreUnavailable,
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.InterfaceError,
+        ) as e:
+            log.warning("%s: transient failure: %s", step.__name__, e)
+            return _plain(503, f"unavailable, retry later: {_describe(e)}")
+        except Exception as e:  # the step's own bug: still answer briefly, Knative retries
+            log.exception("%s failed", step.__name__)
+            return _plain(500, f"internal error in {step.__name__}: {type(e).__name__}")
+        if reply is None:
+            return "", 202
+        headers, body = encode(reply)
+        return body, 200, headers
+
+    return entry_point
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, BlobNotFound):
+        return f"no blob under key {error.args[0]!r}"
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def _plain(status: int, message: str) -> tuple[str, int, dict[str, str]]:
+    body = message.encode()[:MAX_ERROR_BODY].decode(errors="ignore")
+    return body, status, {"Content-Type": "text/plain; charset=utf-8"}

@@ -1,0 +1,152 @@
+"""The core: blob store backends, migrations, and CloudEvent parsing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import inspect
+
+from imagerec.blobstore import BlobNotFound, check_key, original_key, thumbnail_key
+from imagerec.db import get_engine
+from imagerec.events import (
+    UPLOADED,
+    BadEvent,
+    encode,
+    event_data,
+    new_event,
+    parse_event,
+)
+from imagerec.models import Album, Image, User
+
+UPLOAD = {
+    "imageId": "abc123",
+    "userId": 1,
+    "albumId": 2,
+    "blobKey": "1/2/abc123.jpg",
+    "fileName": "holiday.jpg",
+    "contentType": "image/jpeg",
+    "size": 10,
+}
+
+
+def test_blob_round_trip_is_binary_safe(backend):
+    blobs = backend.blobs()
+    data = bytes(range(256)) * 10
+    blobs.put("1/2/x.bin", data)
+    assert blobs.exists("1/2/x.bin")
+    assert blobs.get("1/2/x.bin") == data
+    blobs.delete("1/2/x.bin")
+    assert not blobs.exists("1/2/x.bin")
+    with pytest.raises(BlobNotFound):
+        blobs.get("1/2/x.bin")
+
+
+def test_redis_blob_is_one_plain_string(real_backend):
+    real_backend.blobs().put("7/8/y.jpg", b"\xff\xd8raw")
+    import redis
+
+    assert redis.Redis.from_url(real_backend.blob_url).get("7/8/y.jpg") == b"\xff\xd8raw"
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "/abs", "a/../b", "a//b", "", "a/b c"])
+def test_blob_keys_refuse_escapes(key):
+    with pytest.raises(ValueError):
+        check_key(key)
+
+
+def test_keys_are_made_by_the_service():
+    key = original_key(1, 2, "abc", "JPG")
+    assert key == "1/2/abc.jpg"
+    assert thumbnail_key(key) == "1/2/abc.thumb.jpg"
+
+
+def test_migrations_create_the_schema(backend):
+    tables = set(inspect(get_engine(backend.database_url)).get_table_names())
+    assert {"users", "albums", "images", "detections", "alembic_version"} <= tables
+
+
+def test_deleting_a_user_cascades(backend):
+    with backend.session() as s:
+        user = User(username="u", password_hash="x")
+        s.add(user)
+        s.flush()
+        album = Album(user_id=user.id, name="a")
+        s.add(album)
+        s.flush()
+        s.add(
+            Image(id="i1", user_id=user.id, album_id=album.id, blob_key="k", file_name="f", size=1)
+        )
+        s.commit()
+        s.delete(user)
+        s.commit()
+        assert s.get(Image, "i1") is None
+
+
+def _binary(data=UPLOAD, **attrs):
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "1",
+        "ce-source": "/test",
+        "ce-type": UPLOADED,
+        "ce-subject": "abc123",
+        "content-type": "application/json",
+    }
+    headers.update(attrs)
+    return headers, json.dumps(data).encode()
+
+
+def test_parse_binary_and_structured_agree():
+    event = new_event(UPLOADED, "/test", UPLOAD, subject="abc123")
+    for structured in (False, True):
+        headers, body = encode(event, structured=structured)
+        parsed = parse_event(headers, body)
+        assert parsed["type"] == UPLOADED
+        assert event_data(parsed) == UPLOAD
+
+
+@pytest.mark.parametrize(
+    "headers, message",
+    [
+        ({"ce-id": " "}, "'id'"),
+        ({"ce-image-id": "x"}, "extension"),
+        ({"content-type": "application/cloudevents-batch+json"}, "batched"),
+    ],
+)
+def test_parse_refuses_what_knative_refuses(headers, message):
+    h, body = _binary(**headers)
+    with pytest.raises(BadEvent, match=message):
+        parse_event(h, body)
+
+
+def test_not_a_cloudevent():
+    with pytest.raises(BadEvent, match="not a CloudEvent"):
+        parse_event({"content-type": "application/json"}, b"{}")
+
+
+@pytest.mark.parametrize(
+    "change, where",
+    [
+        ({"size": "ten"}, "size"),
+        ({"imageId": "../x"}, "imageId"),
+        ({"userId": None}, "userId"),
+    ],
+)
+def test_upload_data_is_validated_against_its_schema(change, where):
+    data = {**UPLOAD, **change}
+    h, body = _binary(data)
+    with pytest.raises(BadEvent, match=where):
+        event_data(parse_event(h, body))
+
+
+def test_missing_field_is_named():
+    data = {k: v for k, v in UPLOAD.items() if k != "blobKey"}
+    h, body = _binary(data)
+    with pytest.raises(BadEvent, match="blobKey"):
+        event_data(parse_event(h, body))
+
+
+def test_subject_must_be_the_image_id():
+    h, body = _binary(**{"ce-subject": "other"})
+    with pytest.raises(BadEvent, match="subject"):
+        event_data(parse_event(h, body))
