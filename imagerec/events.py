@@ -23,7 +23,10 @@ UPLOADED = "dev.imagerec.image.uploaded"
 ACCEPTED = "dev.imagerec.image.accepted"
 REJECTED = "dev.imagerec.image.rejected"
 PROCESSED = "dev.imagerec.image.processed"
-IMAGE_EVENT_TYPES = (UPLOADED, ACCEPTED, REJECTED, PROCESSED)
+# Inside the Sequence only (they never reach the Broker): accepted + thumbnailKey, then + detections.
+THUMBNAILED = "dev.imagerec.image.thumbnailed"
+LABELLED = "dev.imagerec.image.labelled"
+IMAGE_EVENT_TYPES = (UPLOADED, ACCEPTED, REJECTED, PROCESSED, THUMBNAILED, LABELLED)
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"

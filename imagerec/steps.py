@@ -58,9 +58,15 @@ def db_session() -> Session:
 Step = Callable[[CloudEvent], CloudEvent | None]
 
 
-def cloudevent_step(step: Step) -> Callable[[flask.Request], flask.typing.ResponseReturnValue]:
+def cloudevent_step(
+    step: Step, ready: Callable[[], bool] = lambda: True
+) -> Callable[[flask.Request], flask.typing.ResponseReturnValue]:
+    """`ready` answers GET (the readiness probe): a step that is not ready answers 503."""
+
     @functools.wraps(step)
     def entry_point(request: flask.Request) -> flask.typing.ResponseReturnValue:
+        if request.method == "GET":
+            return _plain(200, "ready") if ready() else _plain(503, "not ready")
         if request.method != "POST":
             return _plain(405, "POST a CloudEvent")
         try:
