@@ -23,7 +23,7 @@ UPLOADED = "dev.imagerec.image.uploaded"
 ACCEPTED = "dev.imagerec.image.accepted"
 REJECTED = "dev.imagerec.image.rejected"
 PROCESSED = "dev.imagerec.image.processed"
-# Inside the Sequence only (they never reach the Broker): accepted + thumbnailKey, then + detections.
+# Only inside the Sequence, never at the Broker: accepted + thumbnailKey, then + detections.
 THUMBNAILED = "dev.imagerec.image.thumbnailed"
 LABELLED = "dev.imagerec.image.labelled"
 IMAGE_EVENT_TYPES = (UPLOADED, ACCEPTED, REJECTED, PROCESSED, THUMBNAILED, LABELLED)
