@@ -1,0 +1,177 @@
+"""detect-objects with the real shared detector: labels for the photos of known objects,
+orientation, HEIC, and a model that cannot be loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import IMAGES, MODEL, manifest
+from PIL import Image, ImageOps
+from pipeline import event_for, post_event, put_original, reply_event, step_app
+
+import imagerec.steps
+from imagerec.blobstore import thumbnail_key
+from imagerec.events import LABELLED, THUMBNAILED
+
+OBJECT_PHOTOS = manifest()["objects"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    # One app per module: functions-framework re-executes the source on every create_app,
+    # and the detector is cached in that module, so this loads the model once.
+    return step_app("detect_objects").test_client()
+
+
+def thumbnailed(backend: Any, path: Path, image_id: str | None = None) -> dict[str, Any]:
+    """The event data detect-objects receives for the photo at `path`."""
+    upload = put_original(backend, path, 1, 1, image_id=image_id)
+    content = path.read_bytes()
+    with Image.open(io.BytesIO(content)) as image:
+        width, height = image.size
+        image_format = image.format
+    metadata = {
+        "creationTime": None,
+        "geo": None,
+        "exifMake": None,
+        "exifModel": None,
+        "dimensions": {"width": width, "height": height},
+        "orientation": 1,
+        "fileSize": len(content),
+        "format": image_format,
+        "contentHash": hashlib.sha256(content).hexdigest(),
+    }
+    return {**upload, "metadata": metadata, "thumbnailKey": thumbnail_key(upload["blobKey"])}
+
+
+def detect(client, backend: Any, path: Path):
+    """detect-objects' reply for the photo at `path`."""
+    return reply_event(post_event(client, event_for(thumbnailed(backend, path), THUMBNAILED)))
+
+
+def labels_of(data: dict[str, Any]) -> set[str]:
+    return {label["label"].lower() for label in data["labels"]}
+
+
+@pytest.mark.parametrize("photo", OBJECT_PHOTOS, ids=[p["file"] for p in OBJECT_PHOTOS])
+def test_every_prominent_object_is_labelled(client, configured, photo):
+    data = thumbnailed(configured, IMAGES / photo["file"])
+
+    reply = reply_event(post_event(client, event_for(data, THUMBNAILED)))
+
+    assert reply["type"] == LABELLED
+    assert reply["source"] == "/functions/detect-objects"
+    assert reply["subject"] == data["imageId"]
+    labelled = reply.data
+    assert {k: labelled[k] for k in data} == data, "the incoming data is carried forward"
+    assert labelled["model"] == str(MODEL)
+    found = labels_of(labelled)
+    for thing in photo["visible_objects"]:
+        if thing["prominent"]:
+            names = {thing["openimages"].lower(), thing["coco"].lower()}
+            assert names & found, f"{photo['file']}: {thing['coco']} not among {sorted(found)}"
+
+
+def test_labels_are_the_best_detection_per_label_above_the_threshold(client, configured):
+    labelled = detect(client, configured, IMAGES / "objects" / "dog.jpg").data
+
+    detections = labelled["detections"]
+    assert detections, "dog.jpg has objects"
+    for d in detections:
+        assert d["score"] >= imagerec.steps.settings().detection_threshold
+        ymin, xmin, ymax, xmax = d["box"]
+        assert 0 <= ymin <= ymax <= 1 and 0 <= xmin <= xmax <= 1
+    best = {}
+    for d in detections:
+        best[d["label"]] = max(best.get(d["label"], 0), d["score"])
+    assert {x["label"]: x["score"] for x in labelled["labels"]} == best
+    scores = [x["score"] for x in labelled["labels"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_threshold_comes_from_the_settings(client, configured, monkeypatch):
+    monkeypatch.setenv("IMAGEREC_DETECTION_THRESHOLD", "0.99")
+    imagerec.steps.settings.cache_clear()
+    labelled = detect(client, configured, IMAGES / "objects" / "dog.jpg").data
+
+    assert labelled["detections"] == [] and labelled["labels"] == []
+
+
+def test_detects_on_the_orientation_corrected_image(client, configured, tmp_path):
+    photo = IMAGES / "objects" / "dog.jpg"
+    upright = reply_event(
+        post_event(client, event_for(thumbnailed(configured, photo), THUMBNAILED))
+    )
+    # Store the pixels turned a quarter, with EXIF orientation 6 saying how to turn them back.
+    with Image.open(photo) as image:
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        turned = tmp_path / "dog_orient6.jpg"
+        image.transpose(Image.Transpose.ROTATE_90).save(turned, quality=95, exif=exif)
+    with Image.open(turned) as check:
+        assert ImageOps.exif_transpose(check).size == (768, 576)
+
+    rotated = reply_event(
+        post_event(client, event_for(thumbnailed(configured, turned), THUMBNAILED))
+    )
+
+    def dog_box(event):
+        return next(d["box"] for d in event.data["detections"] if d["label"] == "Dog")
+
+    assert dog_box(rotated) == pytest.approx(dog_box(upright), abs=0.03)
+
+
+def test_heic_original(client, embedded_backend, monkeypatch):
+    for key, value in {**embedded_backend.env, "IMAGEREC_DETECTOR_MODEL": str(MODEL)}.items():
+        monkeypatch.setenv(key, value)
+    imagerec.steps.settings.cache_clear()
+    labelled = detect(client, embedded_backend, IMAGES / "exif" / "iphone11_gps.heic").data
+
+    assert labelled["model"] == str(MODEL)
+    assert isinstance(labelled["detections"], list)
+    imagerec.steps.settings.cache_clear()
+
+
+def test_ready_once_the_model_is_loaded(client, configured):
+    response = client.get("/")
+    assert (response.status_code, response.get_data(as_text=True)) == (200, "ready")
+
+
+def test_a_model_that_cannot_be_loaded_answers_503_until_it_can(client, configured, tmp_path):
+    late_model = tmp_path / "model-not-there-yet"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("IMAGEREC_DETECTOR_MODEL", str(late_model))
+        imagerec.steps.settings.cache_clear()
+        event = event_for(thumbnailed(configured, IMAGES / "objects" / "dog.jpg"), THUMBNAILED)
+
+        refused = post_event(client, event)
+        assert refused.status_code == 503
+        message = refused.get_data(as_text=True)
+        assert "detector" in message and str(late_model) in message and "retry" in message
+        assert client.get("/").status_code == 503
+
+        # The model arrives (a volume mounted late): the next delivery loads it, no restart.
+        shutil.copytree(MODEL, late_model)
+        labelled = reply_event(post_event(client, event)).data
+        assert labelled["model"] == str(late_model)
+        assert "dog" in labels_of(labelled)
+    imagerec.steps.settings.cache_clear()
+
+
+def test_refuses_other_event_types(client, configured):
+    data = thumbnailed(configured, IMAGES / "objects" / "dog.jpg")
+    response = post_event(client, event_for(data, LABELLED))
+    assert response.status_code == 400
+
+
+def test_a_missing_original_is_refused(client, configured):
+    data = thumbnailed(configured, IMAGES / "objects" / "dog.jpg")
+    configured.blobs().delete(data["blobKey"])
+    response = post_event(client, event_for(data, THUMBNAILED))
+    assert response.status_code == 422
+    assert data["blobKey"] in response.get_data(as_text=True)
