@@ -1,0 +1,126 @@
+"""store-results: records a workflow's outcome in the database, the last step of every path.
+
+Consumes dev.imagerec.image.labelled (status done) or dev.imagerec.image.rejected (status
+rejected, with its reason) and replies dev.imagerec.image.processed {imageId, status}.
+Every column comes from the event, so a redelivered or stale event converges on the same rows.
+
+    functions-framework --source functions/store_results.py --target store_results
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import functions_framework
+from cloudevents.http import CloudEvent
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from imagerec.events import LABELLED, PROCESSED, REJECTED, BadEvent, event_data, new_event
+from imagerec.images import register_upload
+from imagerec.models import Detection, Image, Status
+from imagerec.steps import blob_store, cloudevent_step, db_session
+
+SOURCE = "/functions/store-results"
+OUTCOMES = {LABELLED: Status.DONE, REJECTED: Status.REJECTED}
+
+
+def _store_results(event: CloudEvent) -> CloudEvent:
+    if event["type"] not in OUTCOMES:
+        raise BadEvent(f"store-results takes {LABELLED} or {REJECTED}, not {event['type']}")
+    data = event_data(event)
+    status = OUTCOMES[event["type"]]
+    with db_session() as session, session.begin():
+        # An outside emitter's image may have no row yet; this refuses unknown users/albums.
+        image = register_upload(session, data, blob_store())
+        twin = _same_photo_in_album(session, data)
+        if twin is not None:
+            status = Status.REJECTED
+            data = {
+                **_without_results(data),
+                "reason": f"the same photo is already in this album as image {twin}",
+            }
+        _write_image(image, data, status)
+        _replace_detections(session, image, data.get("detections", []))
+    processed = {"imageId": data["imageId"], "status": str(status)}
+    return new_event(PROCESSED, SOURCE, processed, subject=data["imageId"])
+
+
+def _write_image(image: Image, data: dict[str, Any], status: Status) -> None:
+    metadata = data.get("metadata") or {}
+    geo = metadata.get("geo") or {}
+    latitude = geo.get("latitude") or {}
+    longitude = geo.get("longitude") or {}
+    dimensions = metadata.get("dimensions") or {}
+    columns = {
+        "blob_key": data["blobKey"],
+        "file_name": data["fileName"],
+        "content_type": data.get("contentType"),
+        "size": data["size"],
+        "status": str(status),
+        "reason": data.get("reason") if status == Status.REJECTED else None,
+        "thumbnail_key": data.get("thumbnailKey"),
+        "model": data.get("model"),
+        "content_hash": metadata.get("contentHash"),
+        "creation_time": metadata.get("creationTime"),
+        "lat_degrees": latitude.get("D"),
+        "lat_minutes": latitude.get("M"),
+        "lat_seconds": latitude.get("S"),
+        "lat_direction": latitude.get("Direction"),
+        "lon_degrees": longitude.get("D"),
+        "lon_minutes": longitude.get("M"),
+        "lon_seconds": longitude.get("S"),
+        "lon_direction": longitude.get("Direction"),
+        "latitude": geo.get("lat"),
+        "longitude": geo.get("lon"),
+        "exif_make": metadata.get("exifMake"),
+        "exif_model": metadata.get("exifModel"),
+        "width": dimensions.get("width"),
+        "height": dimensions.get("height"),
+        "file_size": metadata.get("fileSize"),
+        "format": metadata.get("format"),
+        "orientation": metadata.get("orientation"),
+    }
+    # Assigning an equal value is no change to SQLAlchemy: a redelivery issues no UPDATE and
+    # leaves updated_at alone.
+    for name, value in columns.items():
+        setattr(image, name, value)
+
+
+def _replace_detections(session: Session, image: Image, detections: list[dict]) -> None:
+    """Make the image's detection rows exactly `detections`, reusing rows (and their ids)."""
+    wanted = sorted(detections, key=lambda d: (-d["score"], d["label"], d["box"]))
+    existing = select(Detection).where(Detection.image_id == image.id).order_by(Detection.id)
+    rows = list(session.scalars(existing))
+    for row in rows[len(wanted) :]:
+        session.delete(row)
+    for i, detection in enumerate(wanted):
+        row = rows[i] if i < len(rows) else None
+        if row is None:
+            row = Detection(image_id=image.id)
+            session.add(row)
+        row.label = detection["label"]
+        row.score = detection["score"]
+        row.box_ymin, row.box_xmin, row.box_ymax, row.box_xmax = detection["box"]
+
+
+def _same_photo_in_album(session: Session, data: dict[str, Any]) -> str | None:
+    """Another image of the album with the same bytes (one photo is kept once per album)."""
+    content_hash = (data.get("metadata") or {}).get("contentHash")
+    if content_hash is None:
+        return None
+    return session.scalar(
+        select(Image.id).where(
+            Image.album_id == data["albumId"],
+            Image.content_hash == content_hash,
+            Image.id != data["imageId"],
+        )
+    )
+
+
+def _without_results(data: dict[str, Any]) -> dict[str, Any]:
+    dropped = {"metadata", "thumbnailKey", "detections", "labels", "model"}
+    return {key: value for key, value in data.items() if key not in dropped}
+
+
+store_results = functions_framework.http(cloudevent_step(_store_results))

@@ -1,0 +1,256 @@
+"""store-results on both backends: every column from the event, detections replaced in one
+transaction, idempotent, and the outcome announced as dev.imagerec.image.processed."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any
+
+import pytest
+from conftest import IMAGES, manifest
+from pipeline import event_for, make_owner, post_event, put_original, reply_event, step_app
+from sqlalchemy import select
+
+from imagerec.blobstore import thumbnail_key
+from imagerec.events import ACCEPTED, LABELLED, PROCESSED, REJECTED
+from imagerec.images import register_upload
+from imagerec.models import Detection, Image
+
+PHOTO = "exif/iphone6_gps.jpg"  # GPS west of Greenwich: the longitude must stay negative
+
+
+@pytest.fixture(scope="module")
+def client():
+    return step_app("store_results").test_client()
+
+
+def photo_entry(name: str = PHOTO) -> dict[str, Any]:
+    return next(e for e in manifest()["exif"] if e["file"] == name)
+
+
+def labelled(upload: dict[str, Any], entry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The labelled event data for `upload`, its metadata taken from the manifest entry."""
+    entry = entry or photo_entry()
+    gps = entry["gps"]
+    taken = datetime.strptime(entry["datetime_original"], "%Y:%m:%d %H:%M:%S").isoformat()
+
+    def dms(part: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "D": part["degrees"],
+            "M": part["minutes"],
+            "S": part["seconds"],
+            "Direction": part["ref"],
+        }
+
+    metadata = {
+        "creationTime": taken,
+        "geo": {
+            "latitude": dms(gps["latitude_dms"]),
+            "longitude": dms(gps["longitude_dms"]),
+            "lat": gps["latitude"],
+            "lon": gps["longitude"],
+        },
+        "exifMake": entry["make"],
+        "exifModel": entry["model"],
+        "dimensions": {"width": entry["display_width"], "height": entry["display_height"]},
+        "orientation": entry["orientation"] or 1,
+        "fileSize": entry["bytes"],
+        "format": entry["format_by_content"],
+        "contentHash": entry["sha256"],
+    }
+    detections = [
+        {"label": "Person", "score": 0.61, "box": [0.1, 0.2, 0.8, 0.5]},
+        {"label": "Car", "score": 0.42, "box": [0.5, 0.5, 0.9, 0.95]},
+        {"label": "Person", "score": 0.3, "box": [0.2, 0.6, 0.7, 0.8]},
+    ]
+    return {
+        **upload,
+        "metadata": metadata,
+        "thumbnailKey": thumbnail_key(upload["blobKey"]),
+        "detections": detections,
+        "labels": [{"label": "Person", "score": 0.61}, {"label": "Car", "score": 0.42}],
+        "model": "/models/detector",
+    }
+
+
+@pytest.fixture
+def upload(configured) -> dict[str, Any]:
+    """An uploaded photo with its image row, as the web service leaves it."""
+    user_id, album_id = make_owner(configured)
+    data = put_original(configured, IMAGES / PHOTO, user_id, album_id)
+    with configured.session() as session:
+        register_upload(session, data, configured.blobs())
+        session.commit()
+    return data
+
+
+def dump(backend: Any, image_id: str) -> dict[str, Any]:
+    """Every column of the image row and of its detection rows."""
+    with backend.session() as session:
+        image = session.get(Image, image_id)
+        assert image is not None
+        row = {c.key: getattr(image, c.key) for c in Image.__table__.columns}
+        detections = session.scalars(
+            select(Detection).where(Detection.image_id == image_id).order_by(Detection.id)
+        )
+        row["detections"] = [
+            {c.key: getattr(d, c.key) for c in Detection.__table__.columns} for d in detections
+        ]
+        return row
+
+
+def store(client, data: dict[str, Any], event_type: str = LABELLED, structured: bool = False):
+    return post_event(client, event_for(data, event_type), structured=structured)
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["binary", "structured"])
+def test_labelled_event_stores_every_column(client, configured, upload, structured):
+    data = labelled(upload)
+
+    reply = reply_event(store(client, data, structured=structured))
+
+    assert reply["type"] == PROCESSED
+    assert reply["source"] == "/functions/store-results"
+    assert reply["subject"] == upload["imageId"]
+    assert reply.data == {"imageId": upload["imageId"], "status": "done"}
+    row = dump(configured, upload["imageId"])
+    meta, geo = data["metadata"], data["metadata"]["geo"]
+    expected = {
+        "status": "done",
+        "reason": None,
+        "blob_key": data["blobKey"],
+        "file_name": data["fileName"],
+        "size": data["size"],
+        "thumbnail_key": data["thumbnailKey"],
+        "model": data["model"],
+        "content_hash": meta["contentHash"],
+        "creation_time": meta["creationTime"],
+        "lat_degrees": geo["latitude"]["D"],
+        "lat_minutes": geo["latitude"]["M"],
+        "lat_seconds": geo["latitude"]["S"],
+        "lat_direction": geo["latitude"]["Direction"],
+        "lon_degrees": geo["longitude"]["D"],
+        "lon_minutes": geo["longitude"]["M"],
+        "lon_seconds": geo["longitude"]["S"],
+        "lon_direction": geo["longitude"]["Direction"],
+        "latitude": geo["lat"],
+        "longitude": geo["lon"],
+        "exif_make": meta["exifMake"],
+        "exif_model": meta["exifModel"],
+        "width": meta["dimensions"]["width"],
+        "height": meta["dimensions"]["height"],
+        "file_size": meta["fileSize"],
+        "format": meta["format"],
+        "orientation": meta["orientation"],
+    }
+    assert {k: row[k] for k in expected} == expected
+    assert row["longitude"] < 0
+    stored = [
+        {"label": d["label"], "score": d["score"], "box": [d[f"box_{s}"] for s in BOX]}
+        for d in row["detections"]
+    ]
+    assert sorted(stored, key=str) == sorted(data["detections"], key=str)
+    with configured.session() as session:
+        assert session.get(Image, upload["imageId"]).labels() == data["labels"]
+
+
+BOX = ("ymin", "xmin", "ymax", "xmax")
+
+
+def test_the_same_event_twice_leaves_identical_rows(client, configured, upload):
+    event = event_for(labelled(upload), LABELLED)
+    reply_event(post_event(client, event))
+    first = dump(configured, upload["imageId"])
+
+    reply_event(post_event(client, event))
+
+    assert dump(configured, upload["imageId"]) == first
+
+
+def test_an_older_event_after_a_newer_one_converges(client, configured, upload):
+    older = labelled(upload)
+    newer = copy.deepcopy(older)
+    newer["detections"] = newer["detections"][:1]
+    newer["labels"] = newer["labels"][:1]
+    reply_event(store(client, older))
+    after_older = dump(configured, upload["imageId"])
+
+    reply_event(store(client, newer))
+    assert len(dump(configured, upload["imageId"])["detections"]) == 1
+    reply_event(store(client, older))
+
+    # Same rows; only the surrogate ids of re-made detection rows may differ.
+    assert without_detection_ids(dump(configured, upload["imageId"])) == without_detection_ids(
+        after_older
+    )
+
+
+def without_detection_ids(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "detections": [{**d, "id": None} for d in row["detections"]]}
+
+
+def test_rejected_event_records_the_reason(client, configured, upload):
+    reply_event(store(client, labelled(upload)))  # a stale outcome must not survive
+    rejected = {**upload, "reason": "The file is not a supported image (it is plain text)."}
+
+    reply = reply_event(store(client, rejected, REJECTED))
+
+    assert reply.data == {"imageId": upload["imageId"], "status": "rejected"}
+    row = dump(configured, upload["imageId"])
+    assert (row["status"], row["reason"]) == ("rejected", rejected["reason"])
+    assert row["detections"] == []
+    assert row["content_hash"] is None and row["thumbnail_key"] is None
+
+
+def test_an_image_without_a_row_is_registered(client, configured):
+    """An outside emitter's photo: the blob exists, the row does not yet."""
+    user_id, album_id = make_owner(configured)
+    data = put_original(configured, IMAGES / PHOTO, user_id, album_id)
+
+    reply_event(store(client, labelled(data)))
+
+    row = dump(configured, data["imageId"])
+    assert (row["status"], row["user_id"], row["album_id"]) == ("done", user_id, album_id)
+    assert len(row["detections"]) == len(labelled(data)["detections"])
+
+
+@pytest.mark.parametrize("who", ["user", "album"])
+def test_an_unknown_owner_is_refused_and_nothing_stored(client, configured, who):
+    user_id, album_id = make_owner(configured)
+    data = put_original(configured, IMAGES / PHOTO, user_id, album_id)
+    data[f"{who}Id"] = 9999
+
+    response = store(client, data | {"reason": "not an image"}, REJECTED)
+
+    assert response.status_code == 422
+    assert "9999" in response.get_data(as_text=True)
+    with configured.session() as session:
+        assert session.get(Image, data["imageId"]) is None
+
+
+def test_the_same_photo_twice_in_an_album_is_kept_once(client, configured, upload):
+    reply_event(store(client, labelled(upload)))
+    twin = put_original(configured, IMAGES / PHOTO, upload["userId"], upload["albumId"])
+
+    reply = reply_event(store(client, labelled(twin)))
+
+    assert reply.data["status"] == "rejected"
+    row = dump(configured, twin["imageId"])
+    assert row["status"] == "rejected" and upload["imageId"] in row["reason"]
+    assert row["detections"] == []
+    assert dump(configured, upload["imageId"])["status"] == "done"
+
+
+def test_refuses_events_it_does_not_handle(client, configured, upload):
+    response = store(client, labelled(upload), ACCEPTED)
+    assert response.status_code == 400
+
+
+def test_refuses_data_that_breaks_the_schema(client, configured, upload):
+    data = labelled(upload)
+    del data["detections"]
+    response = store(client, data)
+    assert response.status_code == 400
+    assert "detections" in response.get_data(as_text=True)
+    assert dump(configured, upload["imageId"])["status"] == "uploaded"
