@@ -1,0 +1,99 @@
+"""record-failure: the dead-letter sink. An image whose event ran out of retries shows "failed".
+
+Knative POSTs the original event here, with `knativeerrordest`, `knativeerrorcode` and
+`knativeerrordata` (the failing answer, base64) when it has them, and with none of them when a
+Trigger delivery timed out (semantics §4). Whatever arrives is acknowledged with an empty 202:
+the dead-letter sink's reply is ignored, and refusing it would only lose the event's trace.
+
+    functions-framework --source functions/record_failure.py --target record_failure
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+from urllib.parse import urlparse
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from imagerec.events import PROCESSED
+from imagerec.images import set_status
+from imagerec.models import Image, Status
+from imagerec.steps import cloudevent_step, db_session
+
+log = logging.getLogger("imagerec.record_failure")
+
+MAX_DETAIL = 300
+
+
+def _record_failure(event: CloudEvent) -> None:
+    image_id = event.get("subject")
+    reason = failure_reason(event)
+    if not image_id:
+        log.warning("dead letter %s (%s) names no image: %s", event["id"], event["type"], reason)
+        return None
+    with db_session() as session, session.begin():
+        image = session.get(Image, image_id)
+        if image is None:
+            # E.g. an outside emitter's event refused for an unknown user: nothing to mark.
+            log.warning(
+                "dead letter for unknown image %s (%s): %s", image_id, event["type"], reason
+            )
+        elif event["type"] == PROCESSED and image.status in (Status.DONE, Status.REJECTED):
+            # The outcome is stored; only announcing it failed. Do not hide a finished photo.
+            log.warning(
+                "image %s is %s; its processed event was lost: %s", image_id, image.status, reason
+            )
+        else:
+            log.warning("image %s failed: %s", image_id, reason)
+            set_status(session, image_id, Status.FAILED, reason)
+    return None
+
+
+def failure_reason(event: CloudEvent) -> str:
+    """One readable sentence from Knative's error extensions, or a fallback without them."""
+    destination = event.get("knativeerrordest")
+    code = _status_code(event.get("knativeerrorcode"))
+    detail = _decode_body(event.get("knativeerrordata"))
+    who = _step_name(destination) if destination else "a step"
+    if code is None and not detail:
+        if destination:
+            return f"{who} did not answer successfully in time"
+        return "a step did not answer in time"
+    reason = f"{who} answered {code}" if code is not None else f"{who} failed"
+    return f"{reason}: {detail}" if detail else reason
+
+
+def _step_name(destination: str) -> str:
+    """`http://extract-metadata.ns.svc.cluster.local/` -> `extract-metadata`."""
+    parsed = urlparse(destination)
+    host = parsed.hostname or ""
+    if host and not host.replace(".", "").isdigit() and host != "localhost":
+        return host.split(".", 1)[0]
+    # A local runner's address says nothing about the step; keep it whole.
+    return destination.rstrip("/") or "a step"
+
+
+def _status_code(value: object) -> int | None:
+    # Binary mode turns the integer into a header string.
+    try:
+        return int(str(value).strip()) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _decode_body(value: object) -> str:
+    if not value:
+        return ""
+    text = str(value)
+    # Not base64 after all (an emitter of its own making): show it as it came.
+    with contextlib.suppress(binascii.Error, ValueError):
+        text = base64.b64decode(text, validate=True).decode("utf-8", errors="replace")
+    first_line = (text.strip().splitlines() or [""])[0].strip()
+    return first_line[:MAX_DETAIL]
+
+
+record_failure = functions_framework.http(cloudevent_step(_record_failure))
