@@ -6,12 +6,20 @@ serves it (`step_app`), and spoken to with real CloudEvents in binary or structu
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import flask
 import functions_framework
+import requests
 from cloudevents.http import CloudEvent
 from werkzeug.test import TestResponse
 
@@ -93,3 +101,47 @@ def reply_data(response: TestResponse) -> dict[str, Any]:
     data = reply_event(response).data
     assert isinstance(data, dict), data
     return data
+
+
+@contextlib.contextmanager
+def running_step(module: str, env: dict[str, str], timeout: float = 60.0) -> Iterator[str]:
+    """Serve functions/<module>.py with the real `functions-framework` command on a free port,
+    as its container does; yields the URL once the step answers its readiness probe."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        str(Path(sys.executable).parent / "functions-framework"),
+        *("--source", f"functions/{module}.py", "--target", module),
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{module} exited: {process.stderr.read().decode()[-2000:]}")
+            try:
+                if requests.get(url, timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{module} did not become ready on port {port}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stderr.close()
