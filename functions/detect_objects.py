@@ -9,6 +9,7 @@ and it does so lazily, so every other step starts without it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -82,12 +83,22 @@ def load_detector(model: str) -> Detector:
 
 
 def detector_ready() -> bool:
-    """The readiness probe: ready once the configured detector is loaded and warm."""
-    try:
-        load_detector(settings().detector_model)
-    except Unavailable:
-        return False
-    return True
+    """The readiness probe: ready once the configured detector is loaded and warm.
+
+    The probe answers at once (Knative's probe times out after a second or so); the first
+    probe starts loading in the background, and a later one finds it done.
+    """
+    model = settings().detector_model
+    if model in _detectors:
+        return True
+    if not _loading.locked():
+        threading.Thread(target=_load_quietly, args=(model,), daemon=True).start()
+    return False
+
+
+def _load_quietly(model: str) -> None:
+    with contextlib.suppress(Unavailable):  # logged; the next probe or request tries again
+        load_detector(model)
 
 
 def detect(detector: Detector, image: Image.Image, threshold: float) -> list[dict[str, Any]]:

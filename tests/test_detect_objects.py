@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +138,18 @@ def test_heic_original(client, embedded_backend, monkeypatch):
     imagerec.steps.settings.cache_clear()
 
 
-def test_ready_once_the_model_is_loaded(client, configured):
-    response = client.get("/")
-    assert (response.status_code, response.get_data(as_text=True)) == (200, "ready")
+def test_readiness_answers_at_once_and_turns_ready_once_the_model_is_warm(configured):
+    fresh = step_app("detect_objects").test_client()  # a new process, as far as caching goes
+
+    started = time.monotonic()
+    first = fresh.get("/")
+    assert (first.status_code, first.get_data(as_text=True)) == (503, "not ready")
+    assert time.monotonic() - started < 1, "a readiness probe must not wait for the model"
+
+    deadline = time.monotonic() + 60
+    while (answer := fresh.get("/")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (answer.status_code, answer.get_data(as_text=True)) == (200, "ready")
 
 
 def test_a_model_that_cannot_be_loaded_answers_503_until_it_can(client, configured, tmp_path):
