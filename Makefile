@@ -23,6 +23,7 @@ test-setup: $(VENV)/bin/python
 	    chromium libimage-exiftool-perl >/dev/null; }
 	sh tests/start-services.sh
 	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,test]'
+	$(VENV)/bin/pip install -q -c requirements.lock --ignore-requires-python pykustomize==0.1.4
 
 lint:
 	$(VENV)/bin/ruff check .
