@@ -1,0 +1,213 @@
+"""The runner's broker ingress against Knative's (semantics §2, checklist §11.1–2)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import requests
+
+from imagerec.events import BATCH, encode, new_event
+from workflows.testing import (
+    FakeClock,
+    Subscriber,
+    accept,
+    broker,
+    post_event,
+    ref,
+    running,
+    trigger,
+)
+
+EVERYTHING = [broker(), trigger("all", ref("sink"))]
+
+
+def good_headers() -> dict[str, str]:
+    return {
+        "ce-specversion": "1.0",
+        "ce-id": "e1",
+        "ce-source": "/tests",
+        "ce-type": "t",
+        "Content-Type": "application/json",
+    }
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["binary", "structured"])
+def test_binary_and_structured_events_are_accepted_with_202_and_an_empty_body(tmp_path, structured):
+    with Subscriber() as sink, running(tmp_path, EVERYTHING, {"sink": sink.url}) as (runner, srv):
+        response = post_event(srv.broker_url, "t", data={"n": 1}, structured=structured)
+        runner.wait_idle()
+    assert (response.status_code, response.content) == (202, b"")
+    [received] = sink.received()
+    assert received.attributes["type"] == "t"
+    assert json.loads(received.body) == {"n": 1}
+
+
+def _batch() -> tuple[dict[str, str], bytes]:
+    _, body = encode(new_event("t", "/tests", {}), structured=True)
+    return {"Content-Type": BATCH}, b"[" + body + b"]"
+
+
+def _without(name: str) -> tuple[dict[str, str], bytes]:
+    headers = good_headers()
+    del headers[name]
+    return headers, b"{}"
+
+
+def _with(name: str, value: str) -> tuple[dict[str, str], bytes]:
+    return {**good_headers(), name: value}, b"{}"
+
+
+def _structured(**changes: str) -> tuple[dict[str, str], bytes]:
+    envelope = {"specversion": "1.0", "id": "e1", "source": "/tests", "type": "t", **changes}
+    return {"Content-Type": "application/cloudevents+json"}, json.dumps(envelope).encode()
+
+
+REFUSED = {
+    "batch": _batch(),
+    "not a CloudEvent": ({"Content-Type": "application/json"}, b'{"imageId": "x"}'),
+    "not structured (+jsonx)": ({"Content-Type": "application/cloudevents+jsonx"}, b"{}"),
+    "structured, not JSON": ({"Content-Type": "application/cloudevents+json"}, b"{nope"),
+    "no id": _without("ce-id"),
+    "empty id": _with("ce-id", ""),
+    "blank id": _structured(id="  "),
+    "blank source": _structured(source=" "),
+    "blank type (structured)": _structured(type="\t"),
+    "camelCase extension (structured)": _structured(imageId="x"),
+    "no type": _without("ce-type"),
+    "dashed extension name": _with("ce-image-id", "x"),
+    "underscored extension name": _with("ce-image_id", "x"),
+    "exhausted TTL": _with("ce-knativebrokerttl", "1"),
+    "TTL zero": _with("ce-knativebrokerttl", "0"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED.values(), ids=REFUSED.keys())
+def test_what_knative_refuses_gets_400_and_reaches_nobody(tmp_path, case):
+    headers, body = case
+    with Subscriber() as sink, running(tmp_path, EVERYTHING, {"sink": sink.url}) as (runner, srv):
+        response = requests.post(srv.broker_url, data=body, headers=headers, timeout=5)
+        runner.wait_idle()
+    assert (response.status_code, response.content) == (400, b"")
+    assert sink.received() == []
+
+
+PATHS = {
+    "/": 404,
+    "/imagerec/nope": 404,
+    "/other/default": 404,
+    "/imagerec/default?x=1": 404,  # the query is part of the name looked up
+    "/imagerec": 400,
+    "/imagerec/default/extra": 400,
+    "/imagerec/default/": 202,
+}
+
+
+@pytest.mark.parametrize("path, status", PATHS.items())
+def test_paths_are_answered_like_the_broker_ingress(tmp_path, path, status):
+    with running(tmp_path, EVERYTHING, {"sink": "http://127.0.0.1:9"}) as (runner, srv):
+        response = post_event(srv.url + path, "t")
+    assert (response.status_code, response.content) == (status, b"")
+
+
+def test_an_invalid_event_to_an_unknown_broker_is_400_not_404(tmp_path):
+    with running(tmp_path, EVERYTHING, {"sink": "http://127.0.0.1:9"}) as (_, srv):
+        response = requests.post(srv.url + "/imagerec/nope", data=b"{}", timeout=5)
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "HEAD"])
+def test_methods_other_than_post_get_405(tmp_path, method):
+    with running(tmp_path, EVERYTHING, {"sink": "http://127.0.0.1:9"}) as (_, srv):
+        response = requests.request(method, srv.broker_url, timeout=5)
+    assert response.status_code == 405
+
+
+def test_options_advertises_the_webhook(tmp_path):
+    with running(tmp_path, EVERYTHING, {"sink": "http://127.0.0.1:9"}) as (_, srv):
+        response = requests.options(srv.broker_url, timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Allow"] == "POST, OPTIONS"
+    assert response.headers["WebHook-Allowed-Origin"] == "*"
+    assert response.headers["WebHook-Allowed-Rate"] == "*"
+
+
+def test_subscribers_get_binary_mode_with_prefer_reply_and_only_pass_through_headers(tmp_path):
+    producer_headers = {
+        "Authorization": "Bearer secret",
+        "X-User-Id": "7",
+        "Cookie": "session=1",
+        "X-Request-Id": "req-1",
+        "Knative-Trace": "k",
+        "X-B3-TraceId": "b3",
+    }
+    with Subscriber() as sink, running(tmp_path, EVERYTHING, {"sink": sink.url}) as (runner, srv):
+        post_event(
+            srv.broker_url,
+            "t",
+            subject="img 1",
+            data={"n": 1},
+            structured=True,
+            headers=producer_headers,
+        )
+        runner.wait_idle()
+    [received] = sink.received()
+    headers = received.headers
+    assert headers["prefer"] == "reply"
+    assert headers["kn-namespace"] == "imagerec"
+    assert headers["content-type"] == "application/json"
+    assert headers["ce-subject"] == "img%201"  # percent-encoded, as the binding says
+    assert received.attributes["subject"] == "img 1"
+    assert json.loads(received.body) == {"n": 1}
+    assert (headers["x-request-id"], headers["knative-trace"], headers["x-b3-traceid"]) == (
+        "req-1",
+        "k",
+        "b3",
+    )
+    for dropped in ("authorization", "x-user-id", "cookie"):
+        assert dropped not in headers
+
+
+def test_arrival_time_is_set_and_the_ttl_is_kept_from_subscribers(tmp_path):
+    clock = FakeClock()
+    with (
+        Subscriber() as sink,
+        running(tmp_path, EVERYTHING, {"sink": sink.url}, clock) as (runner, srv),
+    ):
+        post_event(srv.broker_url, "t")
+        runner.wait_idle()
+    [received] = sink.received()
+    assert received.attributes["knativearrivaltime"] == clock.now().isoformat().replace(
+        "+00:00", "Z"
+    )
+    assert "knativebrokerttl" not in received.attributes
+
+
+def test_the_producer_is_answered_before_the_subscriber_is_done(tmp_path):
+    release = threading.Event()
+
+    def slow(request):
+        release.wait(10)
+        return accept(request)
+
+    with Subscriber(slow) as sink, running(tmp_path, EVERYTHING, {"sink": sink.url}) as (r, srv):
+        response = post_event(srv.broker_url, "t")
+        assert response.status_code == 202
+        with pytest.raises(TimeoutError):
+            r.wait_idle(0.2)
+        release.set()
+        r.wait_idle()
+    assert len(sink.received()) == 1
+
+
+def test_delivery_format_json_sends_structured_mode(tmp_path):
+    manifests = [broker(), trigger("all", ref("sink"), delivery={"format": "json"})]
+    with Subscriber() as sink, running(tmp_path, manifests, {"sink": sink.url}) as (runner, srv):
+        post_event(srv.broker_url, "t", data={"n": 2})
+        runner.wait_idle()
+    [received] = sink.received()
+    assert received.headers["content-type"].startswith("application/cloudevents+json")
+    envelope = json.loads(received.body)
+    assert (envelope["type"], envelope["data"]) == ("t", {"n": 2})
+    assert "ce-type" not in received.headers

@@ -1,0 +1,451 @@
+"""Read the routing out of Knative manifests: Brokers, Triggers, Sequences, Parallels.
+
+`load_manifests(folder)` reads the YAML files the folder's kustomization.yaml lists under
+`resources:` (every `*.yaml`/`*.yml` when there is none), all documents of each file, and keeps
+the kinds that route events. Everything else (Services, StatefulSets, Secrets, SinkBindings...)
+is skipped, except that Knative Service names are remembered. The kustomization's `namespace:`
+overrides each document's own, as kustomize does; patches and generators are not applied.
+
+What the API server's webhooks would reject is refused here with `ManifestError`, naming the file
+and the object: a `filters` entry with two dialects, a bad `backoffPolicy` or duration, a
+Destination with neither `ref` nor `uri`, a relative `uri` alone... The semantics followed are
+those of docs/knative-eventing-semantics.md (§3 Trigger, §4 delivery, §5 Sequence, §6 Parallel).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from workflows import filters
+
+KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+
+
+class ManifestError(ValueError):
+    """A manifest the local runner cannot route, as Knative's webhooks would refuse it."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    kind: str
+    name: str
+    namespace: str
+    api_version: str = ""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where events go: a referenced object's address, optionally with a relative `uri` on it."""
+
+    ref: Ref | None = None
+    uri: str | None = None
+
+    def __str__(self) -> str:
+        if self.ref is None:
+            return str(self.uri)
+        where = f"{self.ref.kind.lower()} {self.ref.name}"
+        return f"{where}{self.uri}" if self.uri else where
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A `delivery` block. Fields left out in the manifest stay None (which matters, §4)."""
+
+    retry: int | None = None
+    backoff_policy: str | None = None
+    backoff_delay: float | None = None  # seconds
+    timeout: float | None = None  # seconds, per attempt
+    dead_letter_sink: Destination | None = None
+    format: str | None = None  # "json" (structured) or "binary"
+
+    @property
+    def attempts(self) -> int:
+        return 1 + (self.retry or 0)
+
+    def wait_before_retry(self, retry_number: int) -> float:
+        """Seconds to wait before retry `retry_number` (1 = the first retry), as Knative does."""
+        if self.backoff_policy is None or self.backoff_delay is None:
+            return 0.0
+        if self.backoff_policy == "exponential":
+            return self.backoff_delay * 2 ** (retry_number - 1)
+        return self.backoff_delay * (retry_number - 1)
+
+
+# config-br-defaults: applied to a Broker only when its whole `delivery` is absent.
+BROKER_DEFAULT_DELIVERY = Delivery(retry=10, backoff_policy="exponential", backoff_delay=0.2)
+
+
+@dataclass(frozen=True)
+class Broker:
+    namespace: str
+    name: str
+    delivery: Delivery | None = None
+
+
+@dataclass(frozen=True)
+class Trigger:
+    namespace: str
+    name: str
+    broker: str
+    subscriber: Destination
+    matches: Callable[[Mapping[str, str]], bool] = field(compare=False, repr=False)
+    filter_text: str = "everything"
+    delivery: Delivery | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    destination: Destination
+    delivery: Delivery | None = None
+
+
+@dataclass(frozen=True)
+class Sequence:
+    namespace: str
+    name: str
+    steps: tuple[Step, ...]
+    channel_delivery: Delivery | None = None
+    reply: Destination | None = None
+
+    def channel(self, index: int) -> str:
+        return f"{self.name}-kn-sequence-{index}"
+
+
+@dataclass(frozen=True)
+class Branch:
+    subscriber: Destination
+    filter: Destination | None = None
+    reply: Destination | None = None
+    delivery: Delivery | None = None
+
+
+@dataclass(frozen=True)
+class Parallel:
+    namespace: str
+    name: str
+    branches: tuple[Branch, ...]
+    channel_delivery: Delivery | None = None
+    reply: Destination | None = None
+
+    @property
+    def ingress_channel(self) -> str:
+        return f"{self.name}-kn-parallel"
+
+    def branch_channel(self, index: int) -> str:
+        return f"{self.name}-kn-parallel-{index}"
+
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class Manifests:
+    brokers: dict[Key, Broker] = field(default_factory=dict)
+    triggers: dict[Key, Trigger] = field(default_factory=dict)
+    sequences: dict[Key, Sequence] = field(default_factory=dict)
+    parallels: dict[Key, Parallel] = field(default_factory=dict)
+    services: dict[Key, str] = field(default_factory=dict)  # Knative Services: key -> file
+
+    def destinations(self) -> Iterator[tuple[str, Destination]]:
+        """Every Destination the manifests name, with the object that names it."""
+        for trigger in self.triggers.values():
+            yield f"trigger {trigger.name}", trigger.subscriber
+        for broker in self.brokers.values():
+            yield from _delivery_destinations(f"broker {broker.name}", broker.delivery)
+        for trigger in self.triggers.values():
+            yield from _delivery_destinations(f"trigger {trigger.name}", trigger.delivery)
+        for sequence in self.sequences.values():
+            owner = f"sequence {sequence.name}"
+            for step in sequence.steps:
+                yield owner, step.destination
+                yield from _delivery_destinations(owner, step.delivery)
+            yield from _delivery_destinations(owner, sequence.channel_delivery)
+            if sequence.reply is not None:
+                yield owner, sequence.reply
+        for parallel in self.parallels.values():
+            owner = f"parallel {parallel.name}"
+            for branch in parallel.branches:
+                yield owner, branch.subscriber
+                for extra in (branch.filter, branch.reply):
+                    if extra is not None:
+                        yield owner, extra
+                yield from _delivery_destinations(owner, branch.delivery)
+            yield from _delivery_destinations(owner, parallel.channel_delivery)
+            if parallel.reply is not None:
+                yield owner, parallel.reply
+
+
+def _delivery_destinations(
+    owner: str, delivery: Delivery | None
+) -> Iterator[tuple[str, Destination]]:
+    if delivery is not None and delivery.dead_letter_sink is not None:
+        yield f"{owner} (deadLetterSink)", delivery.dead_letter_sink
+
+
+def load_manifests(folder: Path) -> Manifests:
+    """The routing objects of every manifest under `folder` (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ManifestError(f"{folder}: not a folder of manifests")
+    manifests = Manifests()
+    for path, namespace_override in _manifest_files(folder, None):
+        try:
+            documents = list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError as e:
+            raise ManifestError(f"{path}: not valid YAML: {e}") from None
+        for document in documents:
+            if document is None:
+                continue
+            if not isinstance(document, dict):
+                raise ManifestError(f"{path}: a document is not a mapping")
+            try:
+                _add(manifests, document, namespace_override)
+            except ManifestError as e:
+                raise ManifestError(f"{path}: {e}") from None
+    for trigger in manifests.triggers.values():
+        if (trigger.namespace, trigger.broker) not in manifests.brokers:
+            raise ManifestError(
+                f"trigger {trigger.name}: broker {trigger.namespace}/{trigger.broker} "
+                "is not defined in the manifests"
+            )
+    return manifests
+
+
+def _manifest_files(folder: Path, namespace: str | None) -> Iterator[tuple[Path, str | None]]:
+    kustomization = next(
+        (folder / name for name in KUSTOMIZATION_NAMES if (folder / name).is_file()), None
+    )
+    if kustomization is None:
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            yield path, namespace
+        return
+    spec = yaml.safe_load(kustomization.read_text()) or {}
+    namespace = spec.get("namespace") or namespace
+    for resource in spec.get("resources") or []:
+        if "://" in str(resource):
+            raise ManifestError(f"{kustomization}: remote resource {resource!r} is not supported")
+        path = folder / str(resource)
+        if path.is_dir():
+            yield from _manifest_files(path, namespace)
+        elif path.is_file():
+            yield path, namespace
+        else:
+            raise ManifestError(f"{kustomization}: resource {resource!r} does not exist")
+
+
+_ROUTED = {
+    ("eventing.knative.dev", "Broker"),
+    ("eventing.knative.dev", "Trigger"),
+    ("flows.knative.dev", "Sequence"),
+    ("flows.knative.dev", "Parallel"),
+    ("serving.knative.dev", "Service"),
+}
+
+
+def _add(manifests: Manifests, document: dict[str, Any], namespace_override: str | None) -> None:
+    group = str(document.get("apiVersion", "")).split("/", 1)[0]
+    kind = document.get("kind")
+    if (group, kind) not in _ROUTED:
+        return
+    metadata = document.get("metadata") or {}
+    name = metadata.get("name")
+    if not name:
+        raise ManifestError(f"a {kind} has no metadata.name")
+    namespace = namespace_override or metadata.get("namespace") or "default"
+    spec = document.get("spec") or {}
+    key = (namespace, name)
+    where = f"{kind} {namespace}/{name}"
+    table: dict[Key, Any] = {
+        "Broker": manifests.brokers,
+        "Trigger": manifests.triggers,
+        "Sequence": manifests.sequences,
+        "Parallel": manifests.parallels,
+        "Service": manifests.services,
+    }[kind]
+    if key in table:
+        raise ManifestError(f"{where} is defined twice")
+    try:
+        table[key] = _BUILDERS[kind](namespace, name, spec)
+    except ManifestError as e:
+        raise ManifestError(f"{where}: {e}") from None
+
+
+def _broker(namespace: str, name: str, spec: dict[str, Any]) -> Broker:
+    return Broker(namespace, name, _delivery(spec.get("delivery"), namespace))
+
+
+def _trigger(namespace: str, name: str, spec: dict[str, Any]) -> Trigger:
+    broker = spec.get("broker")
+    if not broker:
+        raise ManifestError("spec.broker is required")
+    if "subscriber" not in spec:
+        raise ManifestError("spec.subscriber is required")
+    try:
+        matches, text = filters.trigger_filter(spec.get("filter"), spec.get("filters"))
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
+    return Trigger(
+        namespace,
+        name,
+        broker,
+        _destination(spec["subscriber"], namespace, "spec.subscriber"),
+        matches,
+        text,
+        _delivery(spec.get("delivery"), namespace),
+    )
+
+
+def _sequence(namespace: str, name: str, spec: dict[str, Any]) -> Sequence:
+    raw_steps = spec.get("steps") or []
+    if not raw_steps:
+        raise ManifestError("spec.steps must not be empty")
+    steps = tuple(
+        Step(
+            _destination(step, namespace, f"spec.steps[{i}]"),
+            _delivery(step.get("delivery"), namespace),
+        )
+        for i, step in enumerate(raw_steps)
+    )
+    return Sequence(
+        namespace,
+        name,
+        steps,
+        _channel_delivery(spec, namespace),
+        _optional_destination(spec.get("reply"), namespace, "spec.reply"),
+    )
+
+
+def _parallel(namespace: str, name: str, spec: dict[str, Any]) -> Parallel:
+    raw_branches = spec.get("branches") or []
+    if not raw_branches:
+        raise ManifestError("spec.branches must not be empty")
+    branches = tuple(
+        Branch(
+            _destination(branch.get("subscriber"), namespace, f"spec.branches[{i}].subscriber"),
+            _optional_destination(branch.get("filter"), namespace, f"spec.branches[{i}].filter"),
+            _optional_destination(branch.get("reply"), namespace, f"spec.branches[{i}].reply"),
+            _delivery(branch.get("delivery"), namespace),
+        )
+        for i, branch in enumerate(raw_branches)
+    )
+    return Parallel(
+        namespace,
+        name,
+        branches,
+        _channel_delivery(spec, namespace),
+        _optional_destination(spec.get("reply"), namespace, "spec.reply"),
+    )
+
+
+def _service(namespace: str, name: str, spec: dict[str, Any]) -> str:
+    return name
+
+
+_BUILDERS: dict[str, Callable[[str, str, dict[str, Any]], Any]] = {
+    "Broker": _broker,
+    "Trigger": _trigger,
+    "Sequence": _sequence,
+    "Parallel": _parallel,
+    "Service": _service,
+}
+
+
+def _channel_delivery(spec: dict[str, Any], namespace: str) -> Delivery | None:
+    template = spec.get("channelTemplate") or {}
+    return _delivery((template.get("spec") or {}).get("delivery"), namespace)
+
+
+def _optional_destination(raw: Any, namespace: str, where: str) -> Destination | None:
+    return None if raw is None else _destination(raw, namespace, where)
+
+
+def _destination(raw: Any, namespace: str, where: str) -> Destination:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: a Destination needs `ref` and/or `uri`")
+    ref, uri = raw.get("ref"), raw.get("uri")
+    if ref is None and not uri:
+        raise ManifestError(f"{where}: a Destination needs `ref` and/or `uri`")
+    if ref is None:
+        parts = urlsplit(uri)
+        if not (parts.scheme and parts.netloc):
+            raise ManifestError(f"{where}: `uri` without `ref` must be absolute, got {uri!r}")
+        return Destination(uri=uri)
+    if not isinstance(ref, dict) or not ref.get("kind") or not ref.get("name"):
+        raise ManifestError(f"{where}.ref needs `kind` and `name`")
+    if uri and urlsplit(uri).scheme:
+        raise ManifestError(f"{where}: `uri` beside `ref` must be relative, got {uri!r}")
+    return Destination(
+        Ref(
+            ref["kind"],
+            ref["name"],
+            ref.get("namespace") or namespace,
+            ref.get("apiVersion", ""),
+        ),
+        uri or None,
+    )
+
+
+def _delivery(raw: Any, namespace: str) -> Delivery | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ManifestError("delivery must be a mapping")
+    retry = raw.get("retry")
+    if retry is not None and (not isinstance(retry, int) or isinstance(retry, bool) or retry < 0):
+        raise ManifestError(f"delivery.retry must be an integer >= 0, got {retry!r}")
+    policy = raw.get("backoffPolicy")
+    if policy is not None and policy not in ("linear", "exponential"):
+        raise ManifestError(f"delivery.backoffPolicy must be linear or exponential, got {policy!r}")
+    timeout = _duration(raw.get("timeout"), "delivery.timeout")
+    if timeout is not None and timeout <= 0:
+        raise ManifestError("delivery.timeout must be positive")
+    form = raw.get("format")
+    if form is not None and form not in ("json", "binary"):
+        raise ManifestError(f"delivery.format must be json or binary, got {form!r}")
+    sink = raw.get("deadLetterSink")
+    return Delivery(
+        retry=retry,
+        backoff_policy=policy,
+        backoff_delay=_duration(raw.get("backoffDelay"), "delivery.backoffDelay"),
+        timeout=timeout,
+        dead_letter_sink=_optional_destination(sink, namespace, "delivery.deadLetterSink"),
+        format=form,
+    )
+
+
+_NUMBER = r"(\d+(?:[.,]\d+)?)"
+_DURATION = re.compile(
+    rf"^P(?:{_NUMBER}W)?(?:{_NUMBER}D)?(?:T(?:{_NUMBER}H)?(?:{_NUMBER}M)?(?:{_NUMBER}S)?)?$"
+)
+_SECONDS = (7 * 86400, 86400, 3600, 60, 1)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in an ISO-8601 duration such as `PT0.2S`, `PT2S`, `PT1M30S`, `P1D`.
+
+    Years and months have no fixed length, so they are refused.
+    """
+    match = _DURATION.match(text.strip().upper())
+    if not match or text.strip().upper() in ("P", "PT") or text.strip().upper().endswith("T"):
+        raise ValueError(f"not an ISO-8601 duration (like PT0.5S): {text!r}")
+    return sum(
+        float(value.replace(",", ".")) * unit
+        for value, unit in zip(match.groups(), _SECONDS, strict=True)
+        if value is not None
+    )
+
+
+def _duration(raw: Any, where: str) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return parse_duration(str(raw))
+    except ValueError as e:
+        raise ManifestError(f"{where}: {e}") from None

@@ -1,0 +1,445 @@
+"""The local runner: routes CloudEvents over HTTP as Knative Eventing does, from the manifests.
+
+    from workflows.runner import Runner
+
+    services = {"extract-metadata": "http://127.0.0.1:8101", ...}  # every Service it routes to
+    runner = Runner.from_manifests(Path("knative"), services=services,
+                                   clock=None)  # clock: an injectable `now()` + `sleep()` (tests)
+    server = runner.serve("127.0.0.1", 8100)    # background threads; port 0 picks a free port
+    server.url         # "http://127.0.0.1:8100"
+    server.broker_url  # ".../imagerec/default": the only Broker, or the one named default
+    runner.wait_idle(timeout)  # until no delivery is pending; TimeoutError if it takes longer
+    server.stop()
+
+`services` maps each Knative Service (or Kubernetes Service) a Destination names to the base URL
+where that step runs locally; a name the manifests use but `services` lacks is a `ManifestError`
+at once, not a silent loss. Destinations resolve as in Knative: a Service ref -> its URL; a
+Broker ref -> this runner's ingress `/<namespace>/<broker>`; a Sequence -> its channel 0; a
+Parallel -> its ingress channel; `uri` alone -> as written; `ref` + relative `uri` -> joined.
+
+The model is the production one, not IMC's synchronous default (semantics §2): the ingress
+answers 202 as soon as the event is accepted and delivers it afterwards, from a pool of worker
+threads, so a producer never waits for (or learns about) a subscriber's failure. What is pending
+lives in memory: a stopped runner forgets it, as a deleted in-memory channel does.
+
+Ingress (`POST /<namespace>/<broker>`, also with a trailing `/`): binary and structured events
+are accepted with 202 and an empty body; a batch, a non-CloudEvent, a blank or missing
+id/source/type, a bad extension name or an exhausted `knativebrokerttl` get 400; an unknown
+broker 404; `/` 404; another path shape 400; a method other than POST 405; OPTIONS 200 with the
+WebHook headers. Accepted events get `knativearrivaltime` and `knativebrokerttl` (255, or one less
+than they came with) and go to every Trigger of the broker whose filter passes (filters.py), in
+parallel. Channels (`/channels/<namespace>/<channel>`) are the runner's own: one per Sequence step
+(`<sequence>-kn-sequence-<i>`) and per Parallel branch, as Knative names them.
+
+Each delivery attempt is logged as one line on the `workflows.runner` logger: hop, event type,
+subject and id, destination, status and attempt number (delivery.py holds the retry, reply and
+dead-letter rules).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urljoin
+
+from imagerec.events import BadEvent
+from workflows.delivery import TTL, Clock, Dispatcher, Hop, Stopped, WallClock
+from workflows.manifests import (
+    BROKER_DEFAULT_DELIVERY,
+    Delivery,
+    Destination,
+    Key,
+    ManifestError,
+    Manifests,
+    Trigger,
+    load_manifests,
+)
+from workflows.wire import Event, decode
+
+log = logging.getLogger("workflows.runner")
+
+MAX_TTL = 255
+CHANNELS = "channels"
+_OPTIONS_HEADERS = {
+    "Allow": "POST, OPTIONS",
+    "WebHook-Allowed-Origin": "*",
+    "WebHook-Allowed-Rate": "*",
+}
+_SERVICE_KINDS = ("Service",)
+
+
+@dataclass
+class Server:
+    """A running runner: its base URL, the broker's URL, and how to stop it."""
+
+    url: str
+    broker_url: str | None
+    _stop: Callable[[], None]
+
+    def stop(self) -> None:
+        self._stop()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class Runner:
+    def __init__(
+        self,
+        manifests: Manifests,
+        services: Mapping[str, str],
+        clock: Clock | None = None,
+        workers: int = 16,
+    ) -> None:
+        self.manifests = manifests
+        self.services = dict(services)
+        self._stopping = threading.Event()
+        self.clock: Clock = clock or WallClock(self._stopping)
+        self._dispatcher = Dispatcher(self.clock, self._stopping)
+        self._workers = workers
+        self._tasks: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._base_url: str | None = None
+        self._brokers: dict[Key, list[tuple[Trigger, Hop]]] = {}
+        self._channels: dict[Key, list[Hop]] = {}
+        self._check_destinations()
+
+    @classmethod
+    def from_manifests(
+        cls,
+        folder: Path,
+        services: Mapping[str, str],
+        clock: Clock | None = None,
+        workers: int = 16,
+    ) -> Runner:
+        return cls(load_manifests(folder), services, clock, workers)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Server:
+        """Start the ingress and the delivery workers in background threads."""
+        if self._base_url is not None:
+            raise RuntimeError("this runner is already serving")
+        handler = type("Handler", (_Handler,), {"runner": self})
+        httpd = ThreadingHTTPServer((host, port), handler)
+        httpd.daemon_threads = True
+        shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+        shown = f"[{shown}]" if ":" in shown else shown
+        self._base_url = f"http://{shown}:{httpd.server_address[1]}"
+        self._wire()
+        threads = [
+            threading.Thread(
+                target=httpd.serve_forever, args=(0.05,), name="runner-ingress", daemon=True
+            )
+        ]
+        threads += [
+            threading.Thread(target=self._work, name=f"runner-worker-{i}", daemon=True)
+            for i in range(self._workers)
+        ]
+        for thread in threads:
+            thread.start()
+
+        def stop() -> None:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+            httpd.shutdown()
+            httpd.server_close()
+            for _ in range(self._workers):
+                self._tasks.put(None)
+
+        log.info("runner listening on %s", self._base_url)
+        for line in self.describe():
+            log.info("  %s", line)
+        return Server(self._base_url, self._default_broker_url(), stop)
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Block until no delivery is queued or running; TimeoutError after `timeout` seconds."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._pending == 0, timeout):
+                raise TimeoutError(f"{self._pending} delivery(ies) still pending after {timeout}s")
+
+    def broker_url(self, namespace: str, name: str) -> str:
+        return f"{self._require_base()}/{namespace}/{name}"
+
+    def describe(self) -> list[str]:
+        """The routing table in words, one line per Trigger, Sequence and Parallel."""
+        lines = []
+        for trigger in self.manifests.triggers.values():
+            lines.append(
+                f"trigger {trigger.name}: broker {trigger.broker} [{trigger.filter_text}] "
+                f"-> {trigger.subscriber}"
+            )
+        for sequence in self.manifests.sequences.values():
+            steps = " -> ".join(str(step.destination) for step in sequence.steps)
+            lines.append(f"sequence {sequence.name}: {steps} -> {sequence.reply or 'discard'}")
+        for parallel in self.manifests.parallels.values():
+            branches = ", ".join(str(branch.subscriber) for branch in parallel.branches)
+            lines.append(f"parallel {parallel.name}: [{branches}] -> {parallel.reply or 'discard'}")
+        return lines
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def resolve(self, destination: Destination) -> str:
+        """A Destination's URL, as Knative's addressable resolver computes it (§3)."""
+        if destination.ref is None:
+            return str(destination.uri)
+        ref = destination.ref
+        if ref.kind in _SERVICE_KINDS:
+            if ref.name not in self.services:
+                raise ManifestError(f"no local URL for service {ref.name!r}")
+            base = self.services[ref.name]
+        elif ref.kind == "Broker" and (ref.namespace, ref.name) in self.manifests.brokers:
+            base = self.broker_url(ref.namespace, ref.name)
+        elif ref.kind == "Sequence" and (ref.namespace, ref.name) in self.manifests.sequences:
+            sequence = self.manifests.sequences[(ref.namespace, ref.name)]
+            base = self._channel_url(ref.namespace, sequence.channel(0))
+        elif ref.kind == "Parallel" and (ref.namespace, ref.name) in self.manifests.parallels:
+            parallel = self.manifests.parallels[(ref.namespace, ref.name)]
+            base = self._channel_url(ref.namespace, parallel.ingress_channel)
+        else:
+            raise ManifestError(f"{ref.kind} {ref.namespace}/{ref.name} is not in the manifests")
+        if destination.uri:
+            return urljoin(base.rstrip("/") + "/", destination.uri.lstrip("/"))
+        return base
+
+    def _check_destinations(self) -> None:
+        self._base_url = "http://runner.invalid"  # any base: only the lookups matter here
+        try:
+            problems = []
+            for owner, destination in self.manifests.destinations():
+                try:
+                    self.resolve(destination)
+                except ManifestError as e:
+                    problems.append(f"{owner}: {e}")
+        finally:
+            self._base_url = None
+        if problems:
+            raise ManifestError("unresolvable destinations:\n  " + "\n  ".join(problems))
+
+    def _wire(self) -> None:
+        """Turn every subscription of the manifests into a Hop, now that our own URL is known."""
+        manifests = self.manifests
+        for key in manifests.brokers:
+            self._brokers[key] = []
+        for trigger in manifests.triggers.values():
+            broker = manifests.brokers[(trigger.namespace, trigger.broker)]
+            # A Trigger's delivery replaces the Broker's as a whole; only the DLS falls back (§4).
+            retries = trigger.delivery or broker.delivery or BROKER_DEFAULT_DELIVERY
+            hop = Hop(
+                name=f"trigger {trigger.name}",
+                url=self.resolve(trigger.subscriber),
+                namespace=trigger.namespace,
+                delivery=retries,
+                dead_letter_sink=self._dead_letter_sink(trigger.delivery, broker.delivery),
+                reply_to=self.broker_url(broker.namespace, broker.name),
+                behind_broker=True,
+            )
+            self._brokers[(broker.namespace, broker.name)].append((trigger, hop))
+        for sequence in manifests.sequences.values():
+            ns, last = sequence.namespace, len(sequence.steps) - 1
+            for i, step in enumerate(sequence.steps):
+                if i < last:
+                    reply_to = self._channel_url(ns, sequence.channel(i + 1))
+                else:
+                    reply_to = self.resolve(sequence.reply) if sequence.reply else None
+                self._channels[(ns, sequence.channel(i))] = [
+                    self._channel_hop(
+                        f"sequence {sequence.name} step {i}",
+                        ns,
+                        step.destination,
+                        step.delivery,
+                        sequence.channel_delivery,
+                        reply_to,
+                    )
+                ]
+        for parallel in manifests.parallels.values():
+            ns = parallel.namespace
+            ingress: list[Hop] = []
+            for i, branch in enumerate(parallel.branches):
+                reply = branch.reply or parallel.reply
+                subscriber = self._channel_hop(
+                    f"parallel {parallel.name} branch {i}",
+                    ns,
+                    branch.subscriber,
+                    branch.delivery,
+                    parallel.channel_delivery,
+                    self.resolve(reply) if reply else None,
+                )
+                self._channels[(ns, parallel.branch_channel(i))] = [subscriber]
+                if branch.filter is None:
+                    ingress.append(subscriber)
+                    continue
+                # The filter's returned event is what enters the branch; it has only the
+                # channel's delivery (§6).
+                ingress.append(
+                    self._channel_hop(
+                        f"parallel {parallel.name} filter {i}",
+                        ns,
+                        branch.filter,
+                        None,
+                        parallel.channel_delivery,
+                        self._channel_url(ns, parallel.branch_channel(i)),
+                    )
+                )
+            self._channels[(ns, parallel.ingress_channel)] = ingress
+
+    def _channel_hop(
+        self,
+        name: str,
+        namespace: str,
+        destination: Destination,
+        own: Delivery | None,
+        channel: Delivery | None,
+        reply_to: str | None,
+    ) -> Hop:
+        return Hop(
+            name=name,
+            url=self.resolve(destination),
+            namespace=namespace,
+            delivery=own or channel or Delivery(),
+            dead_letter_sink=self._dead_letter_sink(own, channel),
+            reply_to=reply_to,
+        )
+
+    def _dead_letter_sink(self, own: Delivery | None, fallback: Delivery | None) -> str | None:
+        for delivery in (own, fallback):
+            if delivery is not None and delivery.dead_letter_sink is not None:
+                return self.resolve(delivery.dead_letter_sink)
+        return None
+
+    def _channel_url(self, namespace: str, channel: str) -> str:
+        return f"{self._require_base()}/{CHANNELS}/{namespace}/{channel}"
+
+    def _require_base(self) -> str:
+        if self._base_url is None:
+            raise RuntimeError("the runner has no address until serve() is called")
+        return self._base_url
+
+    def _default_broker_url(self) -> str | None:
+        brokers = list(self.manifests.brokers)
+        named_default = [key for key in brokers if key[1] == "default"]
+        chosen = brokers if len(brokers) == 1 else named_default
+        return self.broker_url(*chosen[0]) if chosen else None
+
+    # -- ingress -----------------------------------------------------------------------------
+
+    def receive(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, str]]:
+        """Answer one HTTP request to the ingress or a channel (status and headers)."""
+        if method == "OPTIONS":
+            return 200, dict(_OPTIONS_HEADERS)
+        if method != "POST":
+            return 405, {}
+        if path == "/":
+            return 404, {}
+        segments = path[1:].removesuffix("/").split("/")
+        is_channel = len(segments) == 3 and segments[0] == CHANNELS
+        if not (len(segments) == 2 or is_channel) or not all(segments):
+            return 400, {}
+        try:
+            event = decode(headers, body)
+        except BadEvent as e:
+            log.warning("refused %s: %s", path, e)
+            return 400, {}
+        if is_channel:
+            hops = self._channels.get((segments[1], segments[2]))
+            if hops is None:
+                return 404, {}
+            self._fan_out(event, hops)
+            return 202, {}
+        key = (segments[0], segments[1])
+        if key not in self._brokers:
+            return 404, {}
+        ttl = _next_ttl(event.get(TTL))
+        if ttl <= 0:
+            log.warning("refused %s: %s: knativebrokerttl exhausted (a reply loop?)", path, event)
+            return 400, {}
+        arrival = self.clock.now().isoformat().replace("+00:00", "Z")
+        event = event.with_attributes(knativearrivaltime=arrival, **{TTL: str(ttl)})
+        triggered = [hop for trigger, hop in self._brokers[key] if _passes(trigger, event)]
+        self._fan_out(event, triggered)
+        return 202, {}
+
+    def _fan_out(self, event: Event, hops: Iterable[Hop]) -> None:
+        for hop in hops:
+            self._submit(lambda hop=hop: self._dispatcher.deliver(hop, event))
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _submit(self, task: Callable[[], None]) -> None:
+        with self._idle:
+            self._pending += 1
+        self._tasks.put(task)
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            try:
+                task()
+            except Stopped:
+                pass
+            except Exception:
+                log.exception("delivery failed unexpectedly")
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+
+def _passes(trigger: Trigger, event: Event) -> bool:
+    if trigger.matches(event.attributes):
+        return True
+    log.debug("trigger %s: %s filtered out", trigger.name, event)
+    return False
+
+
+def _next_ttl(incoming: str | None) -> int:
+    """The TTL the ingress sets: 255 for a new event, one less than it came with (§2)."""
+    try:
+        return int(incoming) - 1 if incoming is not None else MAX_TTL
+    except ValueError:
+        return MAX_TTL
+
+
+class _Handler(BaseHTTPRequestHandler):
+    runner: Runner
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        body = self._read_body()
+        status, headers = self.runner.receive(self.command, self.path, dict(self.headers), body)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def __getattr__(self, name: str) -> Callable[[], None]:
+        # Every method reaches receive(), which answers 405 to all but POST and OPTIONS.
+        if name.startswith("do_"):
+            return self._answer
+        raise AttributeError(name)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while (size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)) > 0:
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("ingress: " + format, *args)
