@@ -1,0 +1,218 @@
+"""Accounts: sign up, sign in, sign out, the login guard, CSRF and the lockout."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from test_web_app import PASSWORD, Account, make_app, page_csrf
+
+from imagerec.models import User
+
+pytest_plugins = ["test_web_app"]
+
+
+def _form_client(app):
+    client = app.test_client()
+    token = page_csrf(client.get("/auth/signin").text)
+    return client, token
+
+
+def test_signup_page_signs_in_and_lands_on_albums(app):
+    client, token = _form_client(app)
+    response = client.post(
+        "/auth/signup", data={"username": "cy", "password": PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+    page = client.get("/")
+    assert page.status_code == 200
+    assert 'data-username="cy"' in page.text
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "status", "message"),
+    [
+        ("", PASSWORD, 400, "username"),
+        ("a b", PASSWORD, 400, "username"),
+        ("dee", "short", 400, "at least 8"),
+    ],
+)
+def test_signup_refuses_bad_input(app, username, password, status, message):
+    client, token = _form_client(app)
+    response = client.post(
+        "/auth/signup", data={"username": username, "password": password, "csrf_token": token}
+    )
+    assert response.status_code == status
+    assert message in response.text
+
+
+def test_signup_refuses_a_taken_username(app, ann):
+    client, token = _form_client(app)
+    response = client.post(
+        "/auth/signup", data={"username": "ann", "password": PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code == 409
+    assert "taken" in response.text
+    api = Account(app.test_client(), "ann")
+    api.refresh_csrf()
+    again = api.api("POST", "/api/users", json={"username": "ann", "password": PASSWORD})
+    assert again.status_code == 409 and "taken" in again.json["error"]
+
+
+def test_signin_form_then_next(app, ann):
+    client, token = _form_client(app)
+    response = client.post(
+        "/auth/signin?next=/albums/1",
+        data={"username": "ann", "password": PASSWORD, "csrf_token": token},
+    )
+    assert response.status_code == 302 and response.headers["Location"] == "/albums/1"
+
+
+def test_signin_never_redirects_off_site(app, ann):
+    client, token = _form_client(app)
+    response = client.post(
+        "/auth/signin?next=//evil.example/",
+        data={"username": "ann", "password": PASSWORD, "csrf_token": token},
+    )
+    assert response.headers["Location"] == "/"
+
+
+def test_wrong_password_and_unknown_user_look_the_same(app, ann):
+    client, token = _form_client(app)
+    wrong = client.post(
+        "/auth/signin", data={"username": "ann", "password": "nope nope", "csrf_token": token}
+    )
+    unknown = client.post(
+        "/auth/signin", data={"username": "zed", "password": "nope nope", "csrf_token": token}
+    )
+    assert wrong.status_code == unknown.status_code == 401
+    assert "Wrong username or password." in wrong.text
+    assert "Wrong username or password." in unknown.text
+
+
+def test_api_sign_in_and_out(app, ann):
+    client = Account(app.test_client(), "ann")
+    client.refresh_csrf()
+    response = client.api("POST", "/api/session", json={"username": "ann", "password": PASSWORD})
+    assert response.status_code == 200
+    assert response.json["user"]["username"] == "ann"
+    client.csrf = response.json["csrfToken"]
+    assert client.get("/api/albums").status_code == 200
+    assert client.api("DELETE", "/api/session").json["user"] is None
+    assert client.get("/api/albums").status_code == 401
+
+
+def test_api_sign_in_wants_json(app):
+    client = Account(app.test_client(), "x")
+    client.refresh_csrf()
+    response = client.api("POST", "/api/session", data="username=ann")
+    assert response.status_code == 400 and response.json["error"]
+
+
+def test_csrf_token_changes_at_sign_in(app, ann):
+    client = Account(app.test_client(), "ann")
+    before = client.refresh_csrf()
+    response = client.api("POST", "/api/session", json={"username": "ann", "password": PASSWORD})
+    assert response.json["csrfToken"] != before
+
+
+@pytest.mark.parametrize("url", ["/", "/albums/1", "/photos/abc", "/photos/abc/original"])
+def test_pages_need_sign_in(app, url):
+    response = app.test_client().get(url)
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/auth/signin")
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("GET", "/api/albums"),
+        ("GET", "/api/albums/1"),
+        ("GET", "/api/albums/1/images"),
+        ("GET", "/api/images/abc"),
+        ("POST", "/api/albums"),
+        ("DELETE", "/api/images/abc"),
+    ],
+)
+def test_api_needs_sign_in(app, method, url):
+    client = Account(app.test_client(), "nobody")
+    client.refresh_csrf()
+    response = client.api(method, url, json={"name": "x"})
+    assert response.status_code == 401
+    assert response.json["error"] == "Sign in first."
+
+
+def test_signout_is_a_post_with_csrf(ann):
+    assert ann.get("/auth/signout").status_code == 405
+    assert ann.client.post("/auth/signout").status_code == 403
+    assert ann.form("/auth/signout").status_code == 302
+    assert ann.get("/").status_code == 302
+
+
+def test_form_without_csrf_is_refused(ann):
+    response = ann.client.post("/albums", data={"name": "no token"})
+    assert response.status_code == 403
+    assert "CSRF" in response.text
+    assert ann.get("/api/albums").json["albums"] == []
+
+
+def test_form_with_wrong_csrf_is_refused(ann):
+    response = ann.client.post("/albums", data={"name": "bad", "csrf_token": "forged"})
+    assert response.status_code == 403
+
+
+def test_api_without_or_with_wrong_csrf_header_is_refused(ann, bob):
+    album_id = ann.create_album()
+    for headers in ({}, {"X-CSRF-Token": "forged"}, {"X-CSRF-Token": bob.csrf}):
+        for method, url, body in (
+            ("POST", "/api/albums", {"name": "x"}),
+            ("PATCH", f"/api/albums/{album_id}", {"name": "y"}),
+            ("DELETE", f"/api/albums/{album_id}", None),
+        ):
+            response = ann.client.open(url, method=method, json=body, headers=headers)
+            assert response.status_code == 403, (method, url, headers)
+            assert "CSRF" in response.json["error"]
+    assert [a["name"] for a in ann.get("/api/albums").json["albums"]] == ["Holiday"]
+
+
+def test_sign_in_form_needs_csrf(app, ann):
+    response = app.test_client().post(
+        "/auth/signin", data={"username": "ann", "password": PASSWORD}
+    )
+    assert response.status_code == 403
+
+
+def test_lockout_after_repeated_failures(backend, accounts):
+    app = make_app(backend, LOGIN_MAX_FAILURES=3, LOGIN_LOCKOUT_SECONDS=600)
+    client = Account(app.test_client(), "eve")
+    client.refresh_csrf()
+    signed_up = client.api("POST", "/api/users", json={"username": "eve", "password": PASSWORD})
+    client.csrf = signed_up.json["csrfToken"]
+    client.csrf = client.api("DELETE", "/api/session").json["csrfToken"]
+    statuses = [
+        client.api("POST", "/api/session", json={"username": "eve", "password": "wrong pass"})
+        for _ in range(3)
+    ]
+    assert [r.status_code for r in statuses] == [401, 401, 401]
+    locked = client.api("POST", "/api/session", json={"username": "eve", "password": PASSWORD})
+    assert locked.status_code == 429
+    assert "locked" in locked.json["error"]
+
+    with backend.session() as db:
+        user = db.scalar(select(User).where(User.username == "eve"))
+        assert user.locked_until is not None
+        user.locked_until = datetime.now(UTC) - timedelta(seconds=1)
+        db.commit()
+    again = client.api("POST", "/api/session", json={"username": "eve", "password": PASSWORD})
+    assert again.status_code == 200
+
+
+def test_successful_sign_in_resets_the_failure_count(backend, ann, app):
+    client = Account(app.test_client(), "ann")
+    client.refresh_csrf()
+    for _ in range(2):
+        client.api("POST", "/api/session", json={"username": "ann", "password": "wrong pass"})
+    client.api("POST", "/api/session", json={"username": "ann", "password": PASSWORD})
+    with backend.session() as db:
+        assert db.scalar(select(User.failed_logins).where(User.username == "ann")) == 0

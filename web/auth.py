@@ -1,0 +1,176 @@
+"""Accounts: sign up, sign in (with lockout), sign out, the login guard and CSRF tokens."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import re
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from imagerec.models import User
+from web.db import get_session
+from web.library import aware
+
+bp = Blueprint("auth", __name__, url_prefix="/auth")
+
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+MIN_PASSWORD = 8
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+_UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# Checked against when the user does not exist, so both answers take as long.
+_DUMMY_HASH = generate_password_hash("not a password")
+
+
+class SignInRefused(Unauthorized):
+    pass
+
+
+def csrf_token() -> str:
+    """The session's CSRF token, made on first use; forms and the page's JS echo it back."""
+    if CSRF_FIELD not in session:
+        session[CSRF_FIELD] = secrets.token_urlsafe(32)
+    return session[CSRF_FIELD]
+
+
+def check_csrf() -> None:
+    if request.method not in _UNSAFE_METHODS:
+        return
+    sent = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD) or ""
+    expected = session.get(CSRF_FIELD) or ""
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise Forbidden("Missing or wrong CSRF token: reload the page and try again.")
+
+
+def load_logged_in_user() -> None:
+    user_id = session.get("user_id")
+    g.user = get_session().get(User, user_id) if user_id is not None else None
+
+
+def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(view)
+    def wrapped(**kwargs: Any) -> Any:
+        if g.user is None:
+            if request.blueprint == "api":
+                raise Unauthorized("Sign in first.")
+            return redirect(url_for("auth.signin", next=request.full_path))
+        return view(**kwargs)
+
+    return wrapped
+
+
+def sign_up(username: str, password: str) -> User:
+    username = username.strip()
+    if not USERNAME.match(username):
+        raise BadRequest(
+            "A username is 1 to 64 letters, digits or . _ @ - and starts with a letter or digit."
+        )
+    if len(password) < MIN_PASSWORD:
+        raise BadRequest(f"A password needs at least {MIN_PASSWORD} characters.")
+    db = get_session()
+    user = User(username=username, password_hash=generate_password_hash(password))
+    db.add(user)
+    try:
+        db.commit()
+    except IntegrityError:
+        db.rollback()
+        raise Conflict(f"The username {username} is taken.") from None
+    return user
+
+
+def sign_in(username: str, password: str) -> User:
+    """The user with these credentials; refuses while locked after too many failures."""
+    db = get_session()
+    user = db.scalar(select(User).where(User.username == username.strip()))
+    now = datetime.now(UTC)
+    if user is not None and user.locked_until is not None and aware(user.locked_until) > now:
+        minutes = max(1, round((aware(user.locked_until) - now).total_seconds() / 60))
+        raise TooManyRequests(
+            f"Too many failed sign-ins: this account is locked for {minutes} more minute(s)."
+        )
+    if user is None:
+        check_password_hash(_DUMMY_HASH, password)
+        raise SignInRefused("Wrong username or password.")
+    if not check_password_hash(user.password_hash, password):
+        user.failed_logins = (user.failed_logins or 0) + 1
+        if user.failed_logins >= current_app.config["LOGIN_MAX_FAILURES"]:
+            lock = timedelta(seconds=current_app.config["LOGIN_LOCKOUT_SECONDS"])
+            user.locked_until = now + lock
+            user.failed_logins = 0
+        db.commit()
+        raise SignInRefused("Wrong username or password.")
+    user.failed_logins = 0
+    user.locked_until = None
+    db.commit()
+    start_session(user)
+    return user
+
+
+def start_session(user: User) -> None:
+    # A fresh session (and CSRF token) at sign-in, so a planted cookie gains nothing.
+    session.clear()
+    session["user_id"] = user.id
+    csrf_token()
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/") and not target.startswith("//"):
+        return target
+    return url_for("albums.index")
+
+
+@bp.route("/signup", methods=("GET", "POST"))
+def signup():
+    if request.method == "POST":
+        try:
+            user = sign_up(request.form.get("username", ""), request.form.get("password", ""))
+        except (BadRequest, Conflict) as e:
+            flash(e.description, "error")
+            return render_template("auth/signup.html"), e.code
+        start_session(user)
+        return redirect(url_for("albums.index"))
+    return render_template("auth/signup.html")
+
+
+@bp.route("/signin", methods=("GET", "POST"))
+def signin():
+    if request.method == "POST":
+        try:
+            sign_in(request.form.get("username", ""), request.form.get("password", ""))
+        except (SignInRefused, TooManyRequests) as e:
+            flash(e.description, "error")
+            return render_template("auth/signin.html"), e.code
+        return redirect(_safe_next(request.args.get("next")))
+    return render_template("auth/signin.html")
+
+
+@bp.post("/signout")
+def signout():
+    session.clear()
+    return redirect(url_for("auth.signin"))
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(check_csrf)
+    app.before_request(load_logged_in_user)
+    app.jinja_env.globals["csrf_token"] = csrf_token

@@ -1,0 +1,122 @@
+"""Pages and bytes of one photo: its view, delete, retry, and the original and thumbnail.
+
+A served blob's type comes from its content (the stored format, else sniffed), never from
+the client; what is not a supported image is only ever offered as a download.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from flask import Blueprint, Response, flash, redirect, render_template, url_for
+from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
+
+from imagerec.blobstore import BlobNotFound, BlobStoreUnavailable
+from imagerec.formats import sniff_format
+from web import library
+from web.auth import login_required
+from web.db import get_blobs
+
+bp = Blueprint("photos", __name__, url_prefix="/photos")
+log = logging.getLogger("imagerec.web")
+
+MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "HEIF": "image/heic"}
+# What every browser shows in an <img>; HEIF is converted to JPEG for display.
+BROWSER_FORMATS = {"JPEG", "PNG", "WEBP"}
+
+
+@bp.get("/<image_id>")
+@login_required
+def photo(image_id: str):
+    image = library.get_image(image_id)
+    return render_template("photos/photo.html", image=library.image_json(image), album=image.album)
+
+
+@bp.post("/<image_id>/delete")
+@login_required
+def delete(image_id: str):
+    image = library.get_image(image_id)
+    album_id, name = image.album_id, image.file_name
+    library.delete_image(image)
+    flash(f"Deleted {name}.", "info")
+    return redirect(url_for("albums.album", album_id=album_id))
+
+
+@bp.post("/<image_id>/retry")
+@login_required
+def retry(image_id: str):
+    image = library.get_image(image_id)
+    try:
+        library.retry(image)
+    except Conflict as e:
+        flash(e.description, "error")
+    return redirect(url_for("albums.album", album_id=image.album_id))
+
+
+@bp.get("/<image_id>/original")
+@login_required
+def original(image_id: str):
+    image = library.get_image(image_id)
+    data = _read(image.blob_key)
+    return _blob_response(data, image.format or sniff_format(data[:32]), image.file_name)
+
+
+@bp.get("/<image_id>/thumbnail")
+@login_required
+def thumbnail(image_id: str):
+    image = library.get_image(image_id)
+    if not image.thumbnail_key:
+        raise NotFound("This photo has no thumbnail yet.")
+    data = _read(image.thumbnail_key)
+    return _blob_response(data, sniff_format(data[:32]), "thumbnail.jpg")
+
+
+@bp.get("/<image_id>/display")
+@login_required
+def display(image_id: str):
+    """The original as a browser can show it: as stored, or HEIF converted to JPEG."""
+    image = library.get_image(image_id)
+    data = _read(image.blob_key)
+    kind = sniff_format(data[:32])
+    if kind in BROWSER_FORMATS:
+        return _blob_response(data, kind, image.file_name)
+    if kind == "HEIF" and image.status != "rejected":
+        try:
+            return _blob_response(_heif_as_jpeg(data), "JPEG", image.file_name)
+        except Exception as e:  # a broken HEIF is the pipeline's to reject, not ours to 500
+            log.info("cannot convert %s for display: %s", image.id, e)
+    raise NotFound("This photo cannot be shown in a browser.")
+
+
+def _read(key: str) -> bytes:
+    try:
+        return get_blobs().get(key)
+    except BlobNotFound:
+        raise NotFound("This photo's file is gone.") from None
+    except BlobStoreUnavailable as e:
+        raise ServiceUnavailable("The photo store is unreachable; try again shortly.") from e
+
+
+def _blob_response(data: bytes, kind: str | None, file_name: str) -> Response:
+    response = Response(data, mimetype=MIME_TYPES.get(kind or "", "application/octet-stream"))
+    disposition = "inline" if kind in MIME_TYPES else "attachment"
+    safe_name = "".join(c for c in file_name if c.isprintable()) or "photo"
+    response.headers.set("Content-Disposition", disposition, filename=safe_name)
+    response.headers["Cache-Control"] = "private, max-age=300"
+    # Images never need to run anything, even when opened on their own.
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response
+
+
+def _heif_as_jpeg(data: bytes) -> bytes:
+    import pillow_heif
+    from PIL import Image as PILImage
+    from PIL import ImageOps
+
+    pillow_heif.register_heif_opener()
+    with PILImage.open(io.BytesIO(data)) as picture:
+        upright = ImageOps.exif_transpose(picture).convert("RGB")
+    out = io.BytesIO()
+    upright.save(out, "JPEG", quality=88)
+    return out.getvalue()
