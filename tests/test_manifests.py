@@ -390,7 +390,7 @@ def test_web_gets_the_broker_address_from_a_sinkbinding(built: list[dict[str, An
     assert "K_SINK" not in env_of(container(knative_services(built)["web"]))
 
 
-def test_raw_eventing_file_routes_as_the_build_does(built: list[dict[str, Any]]) -> None:
+def test_raw_files_route_as_the_build_does(built: list[dict[str, Any]]) -> None:
     # The local runner reads knative/*.yaml without kustomize: both must say the same.
     resources = yaml.safe_load((KNATIVE / "kustomization.yaml").read_text())["resources"]
     raw = [
