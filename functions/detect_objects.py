@@ -32,8 +32,8 @@ pillow_heif.register_heif_opener()
 
 SOURCE = "/functions/detect-objects"
 # The detector letterboxes to 512x512 itself, so more pixels only cost decoding time; but
-# shrinking kite.jpg/airport.jpg to 1024 dropped airport's airplane from 0.258 to 0.23-0.24
-# (benchmarks/run.py), so only phone-sized photos are shrunk, and not that far.
+# shrinking airport.jpg (1280 px) to 1024 dropped its airplane from 0.258 to 0.23-0.24, so
+# only phone-sized photos are shrunk, by whole factors, to between MAX_SIDE and twice that.
 MAX_SIDE = 2048
 
 Detector = Callable[..., dict[str, Any]]
@@ -146,17 +146,25 @@ def best_per_label(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _decode(original: bytes) -> Image.Image:
-    """The original as the viewer sees it: orientation applied, RGB, at most MAX_SIDE."""
+    """The original as the viewer sees it: orientation applied, RGB, about MAX_SIDE or less."""
     try:
         image = Image.open(io.BytesIO(original))
         if image.width * image.height > settings().max_image_pixels:
             raise Refused(f"the original has {image.width}x{image.height} pixels, too many")
-        image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG only: decode at a reduced scale
-        image = ImageOps.exif_transpose(image).convert("RGB")
+        # JPEG only: libjpeg decodes at 1/2, 1/4 or 1/8 scale, no smaller than asked.
+        image.draft("RGB", _shrunk(image.size, MAX_SIDE))
+        image = ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise Refused(f"the original cannot be decoded: {e}") from e
-    image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-    return image
+    factor = max(image.size) // MAX_SIDE
+    if factor > 1:  # what draft() could not shrink (PNG, WebP, HEIC): a cheap box filter
+        image = image.reduce(factor)
+    return image.convert("RGB")
+
+
+def _shrunk(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    scale = min(1.0, longest / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def _import_tensorflow():

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pillow_heif
 import pytest
 from conftest import IMAGES, MODEL, manifest
 from PIL import Image, ImageOps
@@ -20,6 +21,7 @@ from imagerec.blobstore import thumbnail_key
 from imagerec.events import LABELLED, THUMBNAILED
 
 OBJECT_PHOTOS = manifest()["objects"]
+pillow_heif.register_heif_opener()  # to write HEIC test files
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +29,16 @@ def client():
     # One app per module: functions-framework re-executes the source on every create_app,
     # and the detector is cached in that module, so this loads the model once.
     return step_app("detect_objects").test_client()
+
+
+@pytest.fixture
+def embedded(embedded_backend, monkeypatch):
+    """The embedded backend only, for tests whose point is not storage."""
+    for key, value in {**embedded_backend.env, "IMAGEREC_DETECTOR_MODEL": str(MODEL)}.items():
+        monkeypatch.setenv(key, value)
+    imagerec.steps.settings.cache_clear()
+    yield embedded_backend
+    imagerec.steps.settings.cache_clear()
 
 
 def thumbnailed(backend: Any, path: Path, image_id: str | None = None) -> dict[str, Any]:
@@ -121,21 +133,47 @@ def test_detects_on_the_orientation_corrected_image(client, configured, tmp_path
         post_event(client, event_for(thumbnailed(configured, turned), THUMBNAILED))
     )
 
-    def dog_box(event):
-        return next(d["box"] for d in event.data["detections"] if d["label"] == "Dog")
-
     assert dog_box(rotated) == pytest.approx(dog_box(upright), abs=0.03)
 
 
-def test_heic_original(client, embedded_backend, monkeypatch):
-    for key, value in {**embedded_backend.env, "IMAGEREC_DETECTOR_MODEL": str(MODEL)}.items():
-        monkeypatch.setenv(key, value)
-    imagerec.steps.settings.cache_clear()
-    labelled = detect(client, embedded_backend, IMAGES / "exif" / "iphone11_gps.heic").data
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+def test_a_large_photo_is_shrunk_before_detection(client, embedded, tmp_path, image_format):
+    """6x dog.jpg (4608 px): JPEG is decoded at reduced scale, PNG reduced after decoding."""
+    photo = IMAGES / "objects" / "dog.jpg"
+    upright = detect(client, embedded, photo)
+    large = tmp_path / f"dog_large.{image_format.lower()}"
+    with Image.open(photo) as image:
+        image.resize((image.width * 6, image.height * 6)).save(
+            large, image_format, compress_level=1
+        )
+
+    shrunk = detect(client, embedded, large)
+
+    assert "Dog" in {d["label"] for d in shrunk.data["detections"]}
+    assert dog_box(shrunk) == pytest.approx(dog_box(upright), abs=0.03)
+
+
+def dog_box(event) -> list[float]:
+    return next(d["box"] for d in event.data["detections"] if d["label"] == "Dog")
+
+
+@pytest.mark.parametrize("image_format", ["HEIF", "WEBP", "PNG"])
+def test_every_supported_format_is_read(client, embedded, tmp_path, image_format):
+    photo = IMAGES / "objects" / "dog.jpg"
+    converted = tmp_path / f"dog.{image_format.lower()}"
+    with Image.open(photo) as image:
+        image.save(converted, image_format, quality=90)
+
+    labelled = detect(client, embedded, converted).data
+
+    assert "Dog" in {d["label"] for d in labelled["detections"]}
+
+
+def test_a_phones_heic_is_read(client, embedded):
+    labelled = detect(client, embedded, IMAGES / "exif" / "iphone11_gps.heic").data
 
     assert labelled["model"] == str(MODEL)
     assert isinstance(labelled["detections"], list)
-    imagerec.steps.settings.cache_clear()
 
 
 def test_readiness_answers_at_once_and_turns_ready_once_the_model_is_warm(configured):
