@@ -6,13 +6,15 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pillow_heif
 import pytest
-from conftest import IMAGES, MODEL, manifest
+from conftest import IMAGES, MODEL, ROOT, manifest
 from PIL import Image, ImageOps
 from pipeline import event_for, post_event, put_original, reply_event, step_app
 
@@ -223,3 +225,20 @@ def test_a_missing_original_is_refused(client, configured):
     response = post_event(client, event_for(data, THUMBNAILED))
     assert response.status_code == 422
     assert data["blobKey"] in response.get_data(as_text=True)
+
+
+def test_tensorflow_is_imported_by_detect_objects_alone():
+    """Every other step starts without TensorFlow's 2 s and 500 MB; detect-objects imports it
+    only when it loads the model."""
+    steps = sorted(p.stem for p in (ROOT / "functions").glob("*.py") if p.stem != "__init__")
+    script = (
+        "import importlib, sys\n"
+        f"for step in {steps!r}:\n"
+        "    importlib.import_module('functions.' + step)\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "detect_objects" in steps and result.stdout.strip() == "False"
