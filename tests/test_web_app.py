@@ -94,20 +94,19 @@ def _stream(data: bytes):
     return io.BytesIO(data)
 
 
+def sign_up(app: Flask, username: str) -> Account:
+    account = Account(app.test_client(), username)
+    account.refresh_csrf()
+    response = account.api("POST", "/api/users", json={"username": username, "password": PASSWORD})
+    assert response.status_code == 201, response.json
+    account.csrf = response.json["csrfToken"]
+    account.id = response.json["user"]["id"]
+    return account
+
+
 @pytest.fixture
 def accounts(app: Flask) -> Callable[[str], Account]:
-    def sign_up(username: str) -> Account:
-        account = Account(app.test_client(), username)
-        account.refresh_csrf()
-        response = account.api(
-            "POST", "/api/users", json={"username": username, "password": PASSWORD}
-        )
-        assert response.status_code == 201, response.json
-        account.csrf = response.json["csrfToken"]
-        account.id = response.json["user"]["id"]
-        return account
-
-    return sign_up
+    return lambda username: sign_up(app, username)
 
 
 @pytest.fixture
