@@ -30,7 +30,7 @@ COPY workflows/ workflows/
 # --no-deps: everything it needs is installed above, at the locked versions.
 RUN pip install --no-cache-dir --no-deps . \
  && rm -rf build ./*.egg-info \
- && useradd --system --uid 10001 --no-create-home --no-log-init imagerec
+ && useradd --system --uid 10001 --create-home --no-log-init imagerec
 
 # Numeric, so that Kubernetes can verify runAsNonRoot.
 USER 10001
