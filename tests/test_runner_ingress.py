@@ -71,6 +71,7 @@ REFUSED = {
     "structured, not JSON": ({"Content-Type": "application/cloudevents+json"}, b"{nope"),
     "no id": _without("ce-id"),
     "empty id": _with("ce-id", ""),
+    "percent-encoded blank id": _with("ce-id", "%20"),
     "blank id": _structured(id="  "),
     "blank source": _structured(source=" "),
     "blank type (structured)": _structured(type="\t"),

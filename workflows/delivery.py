@@ -118,7 +118,9 @@ class Dispatcher:
         if hop.behind_broker:
             reply = reply.with_attributes(**{TTL: event.get(TTL)})
         target = hop.reply_to
-        forwarded = self._attempts(hop, target, reply, lambda: self._post(hop, target, reply))
+        forwarded = self._attempts(
+            hop, " reply", target, reply, lambda: self._post(hop, target, reply)
+        )
         if not forwarded.ok:
             self._dead_letter(hop, event, forwarded)
 
@@ -202,7 +204,9 @@ class Dispatcher:
             return
         sink = hop.dead_letter_sink
         dead = event.with_attributes(**failure.error_extensions)
-        outcome = self._attempts(hop, sink, dead, lambda: self._post(hop, sink, dead))
+        outcome = self._attempts(
+            hop, " dead letter", sink, dead, lambda: self._post(hop, sink, dead)
+        )
         if not outcome.ok:
             log.error("%s: %s lost: the deadLetterSink failed too", hop.name, event)
 

@@ -130,8 +130,7 @@ class Runner:
         if self._base_url is not None:
             raise RuntimeError("this runner is already serving")
         handler = type("Handler", (_Handler,), {"runner": self})
-        httpd = ThreadingHTTPServer((host, port), handler)
-        httpd.daemon_threads = True
+        httpd = _HTTPServer((host, port), handler)
         shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
         shown = f"[{shown}]" if ":" in shown else shown
         self._base_url = f"http://{shown}:{httpd.server_address[1]}"
@@ -409,6 +408,13 @@ def _next_ttl(incoming: str | None) -> int:
         return int(incoming) - 1 if incoming is not None else MAX_TTL
     except ValueError:
         return MAX_TTL
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        log.warning("ingress: request from %s failed", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -124,12 +124,15 @@ class _SubscriberHandler(BaseHTTPRequestHandler):
         status, reply_headers, reply = self.subscriber._record(
             Request("POST", self.path, headers, body)
         )
-        self.send_response(status)
-        for name, value in reply_headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
+        try:
+            self.send_response(status)
+            for name, value in reply_headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+        except ConnectionError:
+            pass  # the runner gave up waiting (a timeout test): nobody reads the answer
 
     def log_message(self, format: str, *args: object) -> None:
         pass

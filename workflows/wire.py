@@ -91,6 +91,11 @@ def decode(headers: Mapping[str, str], body: bytes, validate: bool = True) -> Ev
     for name in event.attributes:
         if not _ATTRIBUTE_NAME.match(name):
             raise BadEvent(f"invalid attribute name {name!r}")
+    if validate:
+        # Again after percent-decoding: a `ce-id: %20` header is a blank id too.
+        for name in ("id", "source", "type"):
+            if not (event.get(name) or "").strip():
+                raise BadEvent(f"CloudEvent attribute {name!r} is missing or blank")
     return event
 
 
