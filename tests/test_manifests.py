@@ -10,6 +10,7 @@ the project's own contracts decide (routing, delivery, autoscaling, secrets) is 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import copy
@@ -29,6 +30,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from imagerec import events
 from imagerec.events import (
     ACCEPTED,
     IMAGE_EVENT_TYPES,
@@ -366,6 +368,32 @@ def test_services_declare_the_event_types_they_reply_with(built: list[dict[str, 
     }
     assert declared == {"web": {UPLOADED}, **{name: types for name, (_, types) in STEPS.items()}}
     assert set().union(*declared.values()) <= set(IMAGE_EVENT_TYPES)
+
+
+def emitted_in_code(paths: list[Path]) -> set[str]:
+    """Event types the code creates: the first argument of every `new_event(...)` call."""
+    found = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and node.args):
+                continue
+            if getattr(node.func, "id", getattr(node.func, "attr", None)) != "new_event":
+                continue
+            first = node.args[0]
+            assert isinstance(first, ast.Name), (
+                f"{path}: new_event's type is not an events constant"
+            )
+            found.add(getattr(events, first.id))
+    return found
+
+
+def test_declared_emissions_are_what_the_code_emits(built: list[dict[str, Any]]) -> None:
+    services = knative_services(built)
+    sources = {name: [ROOT / "functions" / f"{module}.py"] for name, (module, _) in STEPS.items()}
+    sources["web"] = sorted((ROOT / "web").glob("*.py"))
+    for name, paths in sources.items():
+        declared = set(services[name]["metadata"]["annotations"][EMITS].split())
+        assert emitted_in_code(paths) == declared, name
 
 
 def test_every_trigger_type_is_produced_and_no_trigger_feeds_itself(
