@@ -163,8 +163,9 @@ def _error_text(response: requests.Response) -> str:
     return f"{message} (HTTP {response.status_code})"
 
 
-def _progress_bar(stream=sys.stderr) -> Progress:
+def _progress_bar() -> Progress:
     def show(name: str, sent: int, total: int) -> None:
+        stream = sys.stderr
         width = 30
         share = sent / max(total, 1)
         filled = int(width * share)
