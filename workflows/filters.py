@@ -101,8 +101,10 @@ def _entry(entry: Any, where: str) -> Predicate | None:
     unknown = [key for key in entry if key not in DIALECTS]
     if unknown:
         raise ValueError(f"{where}: unknown filter dialect(s) {unknown}")
-    if len(dialects) != 1:
-        raise ValueError(f"{where}: multiple dialects found {dialects}" if dialects else where)
+    if not dialects:
+        raise ValueError(f"{where}: no filter dialect (one of {', '.join(DIALECTS)})")
+    if len(dialects) > 1:
+        raise ValueError(f"{where}: multiple dialects found {dialects}")
     dialect = dialects[0]
     body = entry[dialect]
     if dialect == "cesql":

@@ -1,0 +1,222 @@
+"""Loading the routing from manifest folders, and the project's own knative/ folder."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imagerec.events import ACCEPTED, LABELLED, PROCESSED, REJECTED, THUMBNAILED, UPLOADED
+from workflows.manifests import ManifestError, load_manifests, parse_duration
+from workflows.runner import Runner
+from workflows.testing import (
+    FakeClock,
+    Subscriber,
+    broker,
+    post_event,
+    ref,
+    reply_with,
+    running,
+    sequence,
+    trigger,
+)
+
+KNATIVE = Path(__file__).resolve().parents[1] / "knative"
+
+NOT_ROUTED = """\
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: extract-metadata}
+spec: {template: {spec: {containers: [{image: x}]}}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: postgres}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: x}
+---
+apiVersion: sources.knative.dev/v1
+kind: SinkBinding
+metadata: {name: web}
+"""
+
+
+def write(folder: Path, name: str, *documents: dict | str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = [d if isinstance(d, str) else yaml.safe_dump(d) for d in documents]
+    (folder / name).write_text("\n---\n".join(texts))
+
+
+def test_a_kustomization_decides_which_files_count_and_their_namespace(tmp_path):
+    write(tmp_path, "routing.yaml", broker(), trigger("listed", ref("s")))
+    write(tmp_path / "more", "flows.yaml", sequence("seq", [ref("s")]))
+    write(tmp_path / "more", "kustomization.yaml", {"resources": ["flows.yaml"]})
+    write(tmp_path, "stray.yaml", trigger("not-listed", ref("s")))
+    write(tmp_path, "services.yaml", NOT_ROUTED)
+    write(
+        tmp_path,
+        "kustomization.yaml",
+        {"namespace": "photos", "resources": ["routing.yaml", "more", "services.yaml"]},
+    )
+    manifests = load_manifests(tmp_path)
+    assert list(manifests.triggers) == [("photos", "listed")]
+    assert list(manifests.brokers) == [("photos", "default")]
+    assert list(manifests.sequences) == [("photos", "seq")]
+    assert list(manifests.services) == [("photos", "extract-metadata")]
+    trigger_ref = manifests.triggers[("photos", "listed")].subscriber.ref
+    assert trigger_ref.namespace == "photos"
+
+
+def test_without_a_kustomization_every_yaml_file_is_read(tmp_path):
+    write(tmp_path, "a.yaml", broker(), NOT_ROUTED)
+    write(tmp_path, "b.yml", trigger("t", ref("s")))
+    manifests = load_manifests(tmp_path)
+    assert (list(manifests.brokers), list(manifests.triggers)) == (
+        [("imagerec", "default")],
+        [("imagerec", "t")],
+    )
+
+
+def test_a_missing_resource_is_an_error(tmp_path):
+    write(tmp_path, "kustomization.yaml", {"resources": ["gone.yaml"]})
+    with pytest.raises(ManifestError, match="gone.yaml"):
+        load_manifests(tmp_path)
+
+
+BAD = {
+    "relative uri alone": trigger("t", {"uri": "/events"}),
+    "absolute uri beside ref": trigger("t", {**ref("s"), "uri": "http://x/events"}),
+    "no destination": trigger("t", {}),
+    "bad backoffPolicy": trigger("t", ref("s"), delivery={"backoffPolicy": "fibonacci"}),
+    "bad backoffDelay": trigger("t", ref("s"), delivery={"backoffDelay": "2s"}),
+    "negative retry": trigger("t", ref("s"), delivery={"retry": -1}),
+    "zero timeout": trigger("t", ref("s"), delivery={"timeout": "PT0S"}),
+    "bad format": trigger("t", ref("s"), delivery={"format": "xml"}),
+    "no broker": {**trigger("t", ref("s")), "spec": {"subscriber": ref("s")}},
+    "unknown broker": trigger("t", ref("s"), broker="elsewhere"),
+    "sequence without steps": sequence("seq", []),
+}
+
+
+@pytest.mark.parametrize("document", BAD.values(), ids=BAD.keys())
+def test_what_the_webhooks_reject_fails_to_load(tmp_path, document):
+    write(tmp_path, "routing.yaml", broker(), document)
+    with pytest.raises(ManifestError):
+        load_manifests(tmp_path)
+
+
+def test_destinations_that_do_not_resolve_fail_when_the_runner_is_made(tmp_path):
+    write(
+        tmp_path,
+        "routing.yaml",
+        broker(delivery={"deadLetterSink": ref("dead")}),
+        trigger("t", ref("missing")),
+        trigger("u", ref("nope", "Sequence")),
+    )
+    with pytest.raises(ManifestError) as error:
+        Runner.from_manifests(tmp_path, {"dead": "http://127.0.0.1:9"})
+    assert "missing" in str(error.value) and "nope" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("PT0.2S", 0.2),
+        ("PT2S", 2),
+        ("PT1M30S", 90),
+        ("PT1H", 3600),
+        ("P1D", 86400),
+        ("PT0,5S", 0.5),
+    ],
+)
+def test_iso_8601_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["2s", "P", "PT", "P1Y", "P1M", "PT-1S", "1"])
+def test_durations_knative_would_reject(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_ref_with_a_relative_uri_and_a_plain_uri_are_posted_where_they_say(tmp_path):
+    with Subscriber() as service:
+        manifests = [
+            broker(),
+            trigger("joined", ref("svc", uri="/events"), {"type": "a"}),
+            trigger("plain", {"uri": f"{service.url}/hooks/x"}, {"type": "b"}),
+        ]
+        with running(tmp_path, manifests, {"svc": service.url}, FakeClock()) as (runner, srv):
+            post_event(srv.broker_url, "a")
+            post_event(srv.broker_url, "b")
+            runner.wait_idle()
+    assert sorted(request.path for request in service.received()) == ["/events", "/hooks/x"]
+
+
+@pytest.mark.skipif(not KNATIVE.is_dir(), reason="knative/ has not been written yet")
+def test_the_projects_manifests_route_the_image_workflow():
+    manifests = load_manifests(KNATIVE)
+    triggers = {trigger.name: trigger for trigger in manifests.triggers.values()}
+    expected = {
+        "on-uploaded": (UPLOADED, "Service", "extract-metadata"),
+        "on-accepted": (ACCEPTED, "Sequence", "process-image"),
+        "on-rejected": (REJECTED, "Service", "store-results"),
+    }
+    for name, (event_type, kind, target) in expected.items():
+        found = triggers[name]
+        assert (found.namespace, found.broker) == ("imagerec", "default")
+        assert (found.subscriber.ref.kind, found.subscriber.ref.name) == (kind, target)
+        assert found.matches({"type": event_type, "id": "1", "source": "/s", "specversion": "1.0"})
+    process = manifests.sequences[("imagerec", "process-image")]
+    assert [step.destination.ref.name for step in process.steps] == [
+        "make-thumbnail",
+        "detect-objects",
+        "store-results",
+    ]
+    assert (process.reply.ref.kind, process.reply.ref.name) == ("Broker", "default")
+    deliveries = [manifests.brokers[("imagerec", "default")].delivery]
+    deliveries += [trigger.delivery for trigger in triggers.values()]
+    deliveries += [step.delivery or process.channel_delivery for step in process.steps]
+    for delivery in deliveries:
+        assert delivery.retry and delivery.backoff_policy == "exponential"
+        assert delivery.backoff_delay and delivery.dead_letter_sink.ref.name == "record-failure"
+
+    # And over HTTP: each Service the manifests define is a recording stand-in that replies
+    # the way the real step does.
+    script = {
+        "extract-metadata": lambda r: reply_with(
+            ACCEPTED if r.attributes["subject"] == "good" else REJECTED, r.attributes["subject"]
+        ),
+        "make-thumbnail": lambda r: reply_with(THUMBNAILED, r.attributes["subject"]),
+        "detect-objects": lambda r: reply_with(LABELLED, r.attributes["subject"]),
+        "store-results": lambda r: reply_with(PROCESSED, r.attributes["subject"]),
+    }
+    names = sorted({name for _, name in manifests.services})
+    with ExitStack() as stack:
+        stand_ins = {
+            name: stack.enter_context(Subscriber(script.get(name, lambda r: (202, {}, b""))))
+            for name in names
+        }
+        services = {name: stand_in.url for name, stand_in in stand_ins.items()}
+        runner = Runner.from_manifests(KNATIVE, services, clock=FakeClock())
+        server = stack.enter_context(runner.serve("127.0.0.1", 0))
+        assert server.broker_url.endswith("/imagerec/default")
+        for subject in ("good", "bad"):
+            assert post_event(server.broker_url, UPLOADED, subject=subject).status_code == 202
+        runner.wait_idle()
+
+    def seen(name):
+        return sorted(
+            (r.attributes["type"], r.attributes["subject"]) for r in stand_ins[name].received()
+        )
+
+    assert seen("extract-metadata") == [(UPLOADED, "bad"), (UPLOADED, "good")]
+    assert seen("make-thumbnail") == [(ACCEPTED, "good")]
+    assert seen("detect-objects") == [(THUMBNAILED, "good")]
+    assert seen("store-results") == [(LABELLED, "good"), (REJECTED, "bad")]
+    assert seen("record-failure") == []
