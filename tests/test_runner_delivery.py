@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import socket
-import time
+import threading
 
 import pytest
 
@@ -182,11 +182,14 @@ def test_no_response_is_retried_and_dead_lettered_as_a_500_dispatch_error(tmp_pa
 
 
 def test_a_timed_out_trigger_delivery_reaches_the_dls_without_error_extensions(tmp_path):
+    answer_late = threading.Event()
+
     def too_slow(request):
-        time.sleep(0.5)
+        answer_late.wait(10)  # well past the timeout; released when the test is done
         return 202, {}, b""
 
-    received, dead, _ = run_one(tmp_path, too_slow, dls(retry=1, timeout="PT0.1S"))
+    received, dead, _ = run_one(tmp_path, too_slow, dls(retry=1, timeout="PT0.3S"))
+    answer_late.set()
     assert len(received) == 2
     [dead_letter] = dead
     assert not set(ERROR_EXTENSIONS) & set(dead_letter.attributes)

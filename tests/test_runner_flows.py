@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import threading
 
 from workflows.testing import (
     FakeClock,
@@ -158,17 +158,20 @@ def test_steps_retry_by_their_own_delivery_else_the_channels(tmp_path):
 
 
 def test_a_timed_out_step_reaches_the_dls_with_a_500(tmp_path):
+    answer_late = threading.Event()
+
     def too_slow(request):
-        time.sleep(0.5)
+        answer_late.wait(10)  # well past the timeout; released when the test is done
         return 202, {}, b""
 
-    delivery = {"timeout": "PT0.1S", "deadLetterSink": ref("dead")}
+    delivery = {"timeout": "PT0.3S", "deadLetterSink": ref("dead")}
     with Subscriber(too_slow) as one, Subscriber() as dead:
         services = {"one": one.url, "tail": dead.url, "dead": dead.url}
         manifests = pipeline([{**ref("one"), "delivery": delivery}])
         with running(tmp_path, manifests, services, FakeClock()) as (runner, server):
             post_event(server.broker_url, "start")
             runner.wait_idle()
+        answer_late.set()
     [dead_letter] = dead.received()
     assert dead_letter.attributes["knativeerrorcode"] == "500"
     assert dead_letter.attributes["knativeerrordest"] == one.url

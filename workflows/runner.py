@@ -97,7 +97,7 @@ class Runner:
         manifests: Manifests,
         services: Mapping[str, str],
         clock: Clock | None = None,
-        workers: int = 16,
+        workers: int = 64,
     ) -> None:
         self.manifests = manifests
         self.services = dict(services)
@@ -119,7 +119,7 @@ class Runner:
         folder: Path,
         services: Mapping[str, str],
         clock: Clock | None = None,
-        workers: int = 16,
+        workers: int = 64,
     ) -> Runner:
         return cls(load_manifests(folder), services, clock, workers)
 
