@@ -33,8 +33,8 @@ def _store_results(event: CloudEvent) -> CloudEvent:
     with db_session() as session, session.begin():
         # An outside emitter's image may have no row yet; this refuses unknown users/albums.
         image = register_upload(session, data, blob_store())
-        # Duplicate deliveries may run at once: one at a time per image, or both would add
-        # the detection rows (PostgreSQL; SQLite writers are serialised anyway).
+        # Duplicate deliveries may run at once: one at a time per image, so that two never
+        # both add the detection rows (PostgreSQL; SQLite serialises writers anyway).
         session.refresh(image, with_for_update=True)
         twin = _same_photo_in_album(session, data)
         if twin is not None:

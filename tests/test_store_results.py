@@ -4,7 +4,6 @@ transaction, idempotent, and the outcome announced as dev.imagerec.image.process
 from __future__ import annotations
 
 import copy
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -14,7 +13,6 @@ from conftest import IMAGES, manifest
 from pipeline import event_for, make_owner, post_event, put_original, reply_event, step_app
 from sqlalchemy import select
 
-import imagerec.steps
 from imagerec.blobstore import thumbnail_key
 from imagerec.events import ACCEPTED, LABELLED, PROCESSED, REJECTED
 from imagerec.images import register_upload
@@ -259,24 +257,12 @@ def test_refuses_data_that_breaks_the_schema(client, configured, upload):
     assert dump(configured, upload["imageId"])["status"] == "uploaded"
 
 
-def test_a_delivery_waits_while_another_holds_the_image(client, real_backend, monkeypatch):
-    """Duplicate deliveries at once must not both add detection rows: PostgreSQL row lock."""
-    for key, value in real_backend.env.items():
-        monkeypatch.setenv(key, value)
-    imagerec.steps.settings.cache_clear()
-    user_id, album_id = make_owner(real_backend)
-    data = put_original(real_backend, IMAGES / PHOTO, user_id, album_id)
-    with real_backend.session() as session:
-        register_upload(session, data, real_backend.blobs())
-        session.commit()
-    event = event_for(labelled(data), LABELLED)
+def test_duplicate_deliveries_at_the_same_time_store_one_set_of_rows(client, configured, upload):
+    event = event_for(labelled(upload), LABELLED)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: post_event(client, event).status_code, range(4)))
 
-    with real_backend.session() as other, ThreadPoolExecutor(1) as pool:
-        other.get(Image, data["imageId"], with_for_update=True)  # another delivery's lock
-        delivery = pool.submit(post_event, client, event)
-        time.sleep(0.5)
-        assert not delivery.done(), "store-results must wait for the image's lock"
-        other.commit()
-        assert delivery.result(timeout=30).status_code == 200
-    imagerec.steps.settings.cache_clear()
-    assert len(dump(real_backend, data["imageId"])["detections"]) == 3
+    # SQLite may refuse a writer whose snapshot went stale: 503, and Knative retries it.
+    assert set(answers) <= {200, 503} and 200 in answers
+    reply_event(post_event(client, event))
+    assert len(dump(configured, upload["imageId"])["detections"]) == 3
