@@ -73,7 +73,7 @@ def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
         if g.user is None:
             if request.blueprint == "api":
                 raise Unauthorized("Sign in first.")
-            return redirect(url_for("auth.signin", next=request.full_path))
+            return redirect(url_for("auth.signin", next=request.full_path.rstrip("?")))
         return view(**kwargs)
 
     return wrapped

@@ -184,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--album", required=True, help="album name (created when missing)")
     parser.add_argument(
         "--url",
-        default=os.environ.get("IMAGEREC_URL", "http://127.0.0.1:8080"),
-        help="the web service (default: $IMAGEREC_URL or http://127.0.0.1:8080)",
+        default=os.environ.get("IMAGEREC_URL", "http://127.0.0.1:5000"),
+        help="the web service (default: $IMAGEREC_URL or http://127.0.0.1:5000)",
     )
     parser.add_argument(
         "--user",
