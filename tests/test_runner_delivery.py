@@ -108,10 +108,10 @@ def test_a_2xx_body_that_is_not_a_cloudevent_fails_is_retried_and_dead_lettered(
     assert not set(ERROR_EXTENSIONS) & set(dead_letter.attributes)
 
 
-def test_a_reply_that_cannot_be_decoded_is_a_502_failure(tmp_path):
-    bad_name = {"ce-specversion": "1.0", "ce-id": "r", "ce-source": "/s", "ce-type": "r"}
-    bad_name["ce-image-id"] = "x"
-    received, dead, _ = run_one(tmp_path, answer(200, b"{}", bad_name), dls(retry=1))
+@pytest.mark.parametrize("bad", [{"ce-image-id": "x"}, {"ce-time": "yesterday"}])
+def test_a_reply_that_cannot_be_decoded_is_a_502_failure(tmp_path, bad):
+    headers = {"ce-specversion": "1.0", "ce-id": "r", "ce-source": "/s", "ce-type": "r", **bad}
+    received, dead, _ = run_one(tmp_path, answer(200, b"{}", headers), dls(retry=1))
     assert len(received) == 2
     assert len(dead) == 1
 

@@ -59,7 +59,7 @@ def _with(name: str, value: str) -> tuple[dict[str, str], bytes]:
     return {**good_headers(), name: value}, b"{}"
 
 
-def _structured(**changes: str) -> tuple[dict[str, str], bytes]:
+def _structured(**changes: object) -> tuple[dict[str, str], bytes]:
     envelope = {"specversion": "1.0", "id": "e1", "source": "/tests", "type": "t", **changes}
     return {"Content-Type": "application/cloudevents+json"}, json.dumps(envelope).encode()
 
@@ -79,6 +79,12 @@ REFUSED = {
     "no type": _without("ce-type"),
     "dashed extension name": _with("ce-image-id", "x"),
     "underscored extension name": _with("ce-image_id", "x"),
+    "time not RFC 3339": _with("ce-time", "yesterday"),
+    "time without offset": _with("ce-time", "2026-01-01T10:00:00"),
+    "empty subject": _with("ce-subject", ""),
+    "relative dataschema": _with("ce-dataschema", "/schemas/t.json"),
+    "id not a string (structured)": _structured(id=7),
+    "extension not a scalar (structured)": _structured(tags=["a"]),
     "exhausted TTL": _with("ce-knativebrokerttl", "1"),
     "TTL zero": _with("ce-knativebrokerttl", "0"),
 }

@@ -168,7 +168,7 @@ class Runner:
                 raise TimeoutError(f"{self._pending} delivery(ies) still pending after {timeout}s")
 
     def broker_url(self, namespace: str, name: str) -> str:
-        return f"{self._require_base()}/{namespace}/{name}"
+        return self._require_base() + _broker_path(namespace, name)
 
     def describe(self) -> list[str]:
         """The routing table in words, one line per Trigger, Sequence and Parallel."""
@@ -188,23 +188,28 @@ class Runner:
 
     # -- routing -----------------------------------------------------------------------------
 
-    def resolve(self, destination: Destination) -> str:
-        """A Destination's URL, as Knative's addressable resolver computes it (§3)."""
+    def resolve(self, destination: Destination, own_url: str | None = None) -> str:
+        """A Destination's URL, as Knative's addressable resolver computes it (§3).
+
+        Brokers, Sequences and Parallels resolve to this runner's own address (`own_url`,
+        by default where it serves).
+        """
         if destination.ref is None:
             return str(destination.uri)
         ref = destination.ref
+        key = (ref.namespace, ref.name)
         if ref.kind in _SERVICE_KINDS:
             if ref.name not in self.services:
                 raise ManifestError(f"no local URL for service {ref.name!r}")
             base = self.services[ref.name]
-        elif ref.kind == "Broker" and (ref.namespace, ref.name) in self.manifests.brokers:
-            base = self.broker_url(ref.namespace, ref.name)
-        elif ref.kind == "Sequence" and (ref.namespace, ref.name) in self.manifests.sequences:
-            sequence = self.manifests.sequences[(ref.namespace, ref.name)]
-            base = self._channel_url(ref.namespace, sequence.channel(0))
-        elif ref.kind == "Parallel" and (ref.namespace, ref.name) in self.manifests.parallels:
-            parallel = self.manifests.parallels[(ref.namespace, ref.name)]
-            base = self._channel_url(ref.namespace, parallel.ingress_channel)
+        elif ref.kind == "Broker" and key in self.manifests.brokers:
+            base = (own_url or self._require_base()) + _broker_path(*key)
+        elif ref.kind == "Sequence" and key in self.manifests.sequences:
+            channel = self.manifests.sequences[key].channel(0)
+            base = (own_url or self._require_base()) + _channel_path(ref.namespace, channel)
+        elif ref.kind == "Parallel" and key in self.manifests.parallels:
+            channel = self.manifests.parallels[key].ingress_channel
+            base = (own_url or self._require_base()) + _channel_path(ref.namespace, channel)
         else:
             raise ManifestError(f"{ref.kind} {ref.namespace}/{ref.name} is not in the manifests")
         if destination.uri:
@@ -212,16 +217,12 @@ class Runner:
         return base
 
     def _check_destinations(self) -> None:
-        self._base_url = "http://runner.invalid"  # any base: only the lookups matter here
-        try:
-            problems = []
-            for owner, destination in self.manifests.destinations():
-                try:
-                    self.resolve(destination)
-                except ManifestError as e:
-                    problems.append(f"{owner}: {e}")
-        finally:
-            self._base_url = None
+        problems = []
+        for owner, destination in self.manifests.destinations():
+            try:
+                self.resolve(destination, own_url="http://runner.invalid")
+            except ManifestError as e:
+                problems.append(f"{owner}: {e}")
         if problems:
             raise ManifestError("unresolvable destinations:\n  " + "\n  ".join(problems))
 
@@ -317,7 +318,7 @@ class Runner:
         return None
 
     def _channel_url(self, namespace: str, channel: str) -> str:
-        return f"{self._require_base()}/{CHANNELS}/{namespace}/{channel}"
+        return self._require_base() + _channel_path(namespace, channel)
 
     def _require_base(self) -> str:
         if self._base_url is None:
@@ -378,6 +379,8 @@ class Runner:
 
     def _submit(self, task: Callable[[], None]) -> None:
         with self._idle:
+            if self._stopping.is_set():
+                return  # no worker is left to run it
             self._pending += 1
         self._tasks.put(task)
 
@@ -393,6 +396,14 @@ class Runner:
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
+
+
+def _broker_path(namespace: str, name: str) -> str:
+    return f"/{namespace}/{name}"
+
+
+def _channel_path(namespace: str, channel: str) -> str:
+    return f"/{CHANNELS}/{namespace}/{channel}"
 
 
 def _passes(trigger: Trigger, event: Event) -> bool:

@@ -15,7 +15,8 @@ import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote
+from datetime import datetime
+from urllib.parse import quote, unquote, urlsplit
 
 from imagerec.events import STRUCTURED, BadEvent, media_type, parse_event
 from workflows.filters import text
@@ -25,6 +26,16 @@ _PASS_THROUGH_PREFIXES = ("knative-", "x-b3-")
 # CE HTTP binding §3.1.3.2: space, '"', '%' and non-ASCII are percent-encoded in header values.
 _HEADER_SAFE = "".join(c for c in string.punctuation if c not in '"%')
 _ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+$")
+_STRING_ATTRIBUTES = (
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "time",
+)
 
 
 @dataclass(frozen=True)
@@ -88,15 +99,36 @@ def decode(headers: Mapping[str, str], body: bytes, validate: bool = True) -> Ev
         if lowered.get("content-type"):
             attributes["datacontenttype"] = lowered["content-type"]
         event = Event(attributes, body, pass_through(headers))
+    _check_decodable(event)
+    if validate:
+        _check_valid(event)
+    return event
+
+
+def _check_decodable(event: Event) -> None:
+    """What makes the Go SDK fail to read a message at all (a reply like this is a 502)."""
     for name in event.attributes:
         if not _ATTRIBUTE_NAME.match(name):
             raise BadEvent(f"invalid attribute name {name!r}")
-    if validate:
-        # Again after percent-decoding: a `ce-id: %20` header is a blank id too.
-        for name in ("id", "source", "type"):
-            if not (event.get(name) or "").strip():
-                raise BadEvent(f"CloudEvent attribute {name!r} is missing or blank")
-    return event
+    if event.get("time") is not None:
+        try:
+            moment = datetime.fromisoformat(event.attributes["time"])
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None or "T" not in event.attributes["time"].upper():
+            raise BadEvent(f"time is not an RFC 3339 timestamp: {event.get('time')!r}")
+
+
+def _check_valid(event: Event) -> None:
+    """The SDK's `Validate`, as the ingress runs it (semantics §1); after percent-decoding."""
+    for name in ("id", "source", "type"):
+        if not (event.get(name) or "").strip():
+            raise BadEvent(f"CloudEvent attribute {name!r} is missing or blank")
+    if event.get("subject") == "":
+        raise BadEvent("subject, when present, must not be empty")
+    schema = event.get("dataschema")
+    if schema is not None and not (urlsplit(schema).scheme and urlsplit(schema).netloc):
+        raise BadEvent(f"dataschema must be an absolute URI, got {schema!r}")
 
 
 def _decode_structured(body: bytes, headers: dict[str, str]) -> Event:
@@ -106,11 +138,15 @@ def _decode_structured(body: bytes, headers: dict[str, str]) -> Event:
         raise BadEvent("structured CloudEvent body is not JSON") from None
     if not isinstance(envelope, dict):
         raise BadEvent("structured CloudEvent body must be a JSON object")
-    attributes = {
-        name.lower(): text(value)
-        for name, value in envelope.items()
-        if name not in ("data", "data_base64") and value is not None
-    }
+    attributes = {}
+    for name, value in envelope.items():
+        if name in ("data", "data_base64") or value is None:
+            continue
+        if name in _STRING_ATTRIBUTES and not isinstance(value, str):
+            raise BadEvent(f"attribute {name!r} must be a JSON string")
+        if isinstance(value, dict | list):
+            raise BadEvent(f"extension {name!r} must be a string, number or boolean")
+        attributes[name.lower()] = text(value)
     data = b""
     if envelope.get("data_base64") is not None:
         try:
