@@ -63,9 +63,9 @@ class _Unacceptable(Exception):
 @functions_framework.http
 @cloudevent_step
 def extract_metadata(event: CloudEvent) -> CloudEvent:
-    data = event_data(event)
     if event["type"] != UPLOADED:
         raise BadEvent(f"extract-metadata takes {UPLOADED}, not {event['type']}")
+    data = event_data(event)
     blobs = blob_store()
     with db_session() as session:
         # An outside emitter's upload has no row yet; unknown user, album or blob -> 422.
@@ -84,14 +84,16 @@ def extract_metadata(event: CloudEvent) -> CloudEvent:
 
 def _metadata(original: bytes) -> dict[str, Any]:
     kind, image = _decode(original)
-    # Libraries disagree on broken EXIF: per field, the first one that reads it sensibly wins.
-    sources = (_pillow_tags(image), _exifread_tags(original))
+    with image:
+        # Libraries disagree on broken EXIF: per field, the first that reads it sensibly wins.
+        sources = (_pillow_tags(image), _exifread_tags(original))
+        size = {"width": image.width, "height": image.height}
     return {
         "creationTime": _first(_creation_time, sources, "datetime", "offset"),
         "geo": _first(_geo, sources, "lat", "lat_ref", "lon", "lon_ref"),
         "exifMake": _first(_text, sources, "make"),
         "exifModel": _first(_text, sources, "model"),
-        "dimensions": {"width": image.width, "height": image.height},
+        "dimensions": size,
         # Pillow's value only: it describes the pixels Pillow decodes (pillow-heif has already
         # applied a HEIF rotation and reset the tag), which is what make-thumbnail transposes.
         "orientation": _orientation(sources[0].get("orientation")),
@@ -215,6 +217,7 @@ def _exifread_tags(original: bytes) -> dict[str, Any]:
 
 
 def _first(parse: Callable[..., Any], sources: tuple[dict[str, Any], ...], *names: str) -> Any:
+    """The first source's value that `parse` makes sense of (None or an error: it does not)."""
     for tags in sources:
         try:
             value = parse(*(tags.get(name) for name in names))

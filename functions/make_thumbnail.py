@@ -33,9 +33,9 @@ _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 @functions_framework.http
 @cloudevent_step
 def make_thumbnail(event: CloudEvent) -> CloudEvent:
-    data = event_data(event)
     if event["type"] != ACCEPTED:
         raise BadEvent(f"make-thumbnail takes {ACCEPTED}, not {event['type']}")
+    data = event_data(event)
     blobs = blob_store()
     original = blobs.get(data["blobKey"])  # gone -> BlobNotFound -> 422
     key = thumbnail_key(data["blobKey"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image as PILImage
 from sqlalchemy import select
 
 import imagerec.steps
@@ -232,6 +233,80 @@ def test_a_file_over_the_upload_limit_is_rejected(configured, client, owner, mon
     reply = reply_event(post_event(client, event_for(upload(configured, entry["file"], owner))))
     assert reply["type"] == REJECTED
     assert "larger than" in reply.data["reason"]
+
+
+GOOD_GPS = {1: "S", 2: (33.0, 51.0, 54.5), 3: "E", 4: (151.0, 12.0, 36.0)}
+
+
+@pytest.mark.parametrize(
+    ("photo", "gps", "expected"),
+    [
+        ({0x9003: "0000:00:00 00:00:00"}, {}, {"creationTime": None}),
+        ({0x9003: "2019:02:30 10:00:00"}, {}, {"creationTime": None}),
+        ({0x9003: "garbage"}, {}, {"creationTime": None}),
+        (
+            {0x9003: "2019:02:03 10:00:00", 0x9011: "+99:00"},
+            {},
+            {"creationTime": "2019-02-03T10:00:00"},
+        ),
+        (
+            {0x9003: "2019:02:03 10:00:00", 0x9011: "+05:30"},
+            {},
+            {"creationTime": "2019-02-03T10:00:00+05:30"},
+        ),
+        ({}, {**GOOD_GPS, 2: (95.0, 0.0, 0.0)}, {"geo": None}),
+        ({}, {**GOOD_GPS, 4: (181.0, 0.0, 0.0)}, {"geo": None}),
+        ({}, {**GOOD_GPS, 2: (33.0, 75.0, 0.0)}, {"geo": None}),
+        ({}, {**GOOD_GPS, 1: "X"}, {"geo": None}),
+        ({}, {k: v for k, v in GOOD_GPS.items() if k != 3}, {"geo": None}),
+        ({}, {1: "N", 2: (0.0, 0.0, 0.0), 3: "E", 4: (0.0, 0.0, 0.0)}, {"geo": None}),
+    ],
+    ids=[
+        "zero-date",
+        "february-30",
+        "not-a-date",
+        "bad-offset",
+        "offset",
+        "latitude-over-90",
+        "longitude-over-180",
+        "75-minutes",
+        "bad-reference",
+        "no-longitude-reference",
+        "null-island",
+    ],
+)
+def test_malformed_exif_fields_are_dropped_and_the_photo_kept(
+    configured, client, owner, tmp_path, photo, gps, expected
+):
+    path = tmp_path / "edited.jpg"
+    with PILImage.open(IMAGES / "exif/canon_40d.jpg") as original:
+        exif = original.getexif()
+        exif.get_ifd(0x8769).update(photo)
+        exif.get_ifd(0x8825).update(gps)
+        original.save(path, exif=exif.tobytes())
+
+    reply = reply_event(post_event(client, event_for(put_original(configured, path, *owner))))
+
+    assert reply["type"] == ACCEPTED
+    metadata = reply.data["metadata"]
+    assert {field: metadata[field] for field in expected} == expected
+    assert metadata["exifModel"] == "Canon EOS 40D"  # the rest of the EXIF is still read
+
+
+def test_a_valid_position_in_edited_exif_is_read(configured, client, owner, tmp_path):
+    path = tmp_path / "sydney.jpg"
+    with PILImage.open(IMAGES / "exif/canon_40d.jpg") as original:
+        exif = original.getexif()
+        exif.get_ifd(0x8825).update(GOOD_GPS)
+        original.save(path, exif=exif.tobytes())
+
+    reply = reply_event(post_event(client, event_for(put_original(configured, path, *owner))))
+
+    geo = reply.data["metadata"]["geo"]
+    assert geo["latitude"] == {"D": 33, "M": 51, "S": 54.5, "Direction": "S"}
+    assert geo["longitude"] == {"D": 151, "M": 12, "S": 36.0, "Direction": "E"}
+    assert geo["lat"] == pytest.approx(-(33 + 51 / 60 + 54.5 / 3600), abs=1e-7)
+    assert geo["lon"] == pytest.approx(151 + 12 / 60 + 36 / 3600, abs=1e-7)
 
 
 # --- refusals: answered with short plain text, never a reply event, never a 500
