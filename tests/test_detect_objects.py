@@ -178,13 +178,13 @@ def test_a_phones_heic_is_read(client, embedded):
     assert isinstance(labelled["detections"], list)
 
 
-def test_readiness_answers_at_once_and_turns_ready_once_the_model_is_warm(configured):
+def test_readiness_answers_at_once_and_turns_ready_once_the_model_is_warm(embedded):
     fresh = step_app("detect_objects").test_client()  # a new process, as far as caching goes
 
     started = time.monotonic()
     first = fresh.get("/")
     assert (first.status_code, first.get_data(as_text=True)) == (503, "not ready")
-    assert time.monotonic() - started < 1, "a readiness probe must not wait for the model"
+    assert time.monotonic() - started < 2, "a readiness probe must not wait for the model"
 
     deadline = time.monotonic() + 60
     while (answer := fresh.get("/")).status_code != 200 and time.monotonic() < deadline:
