@@ -90,6 +90,7 @@ class Outcome:
     detail: str
     reply: Event | None = None
     error_extensions: dict[str, str] = field(default_factory=dict)
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
@@ -155,8 +156,8 @@ class Dispatcher:
         headers.update({"Prefer": "reply", "Kn-Namespace": hop.namespace})
         outcome, response = self._send(hop.url, headers, body, hop.delivery.timeout)
         if response is None:
-            if hop.behind_broker and outcome.detail.startswith("timed out"):
-                outcome.error_extensions = {}
+            if hop.behind_broker and outcome.timed_out:
+                outcome.error_extensions = {}  # the MT broker loses them on this path (§4)
             return outcome
         if not outcome.ok:
             return outcome
@@ -187,7 +188,8 @@ class Dispatcher:
                 url, data=body, headers=headers, timeout=timeout or DEFAULT_TIMEOUT
             )
         except requests.Timeout:
-            return _no_response(url, f"timed out after {timeout or DEFAULT_TIMEOUT}s"), None
+            detail = f"dispatch error: no answer within {timeout or DEFAULT_TIMEOUT}s"
+            return _no_response(url, detail, timed_out=True), None
         except requests.RequestException as e:
             return _no_response(url, f"dispatch error: {e}"), None
         extensions = {"knativeerrordest": url, "knativeerrorcode": str(response.status_code)}
@@ -200,7 +202,12 @@ class Dispatcher:
 
     def _dead_letter(self, hop: Hop, event: Event, failure: Outcome) -> None:
         if hop.dead_letter_sink is None:
-            log.error("%s: %s dropped after %s: no deadLetterSink", hop.name, event, failure.detail)
+            log.error(
+                "%s: %s dropped (last status %s): no deadLetterSink",
+                hop.name,
+                event,
+                failure.status or "none",
+            )
             return
         sink = hop.dead_letter_sink
         dead = event.with_attributes(**failure.error_extensions)
@@ -211,11 +218,11 @@ class Dispatcher:
             log.error("%s: %s lost: the deadLetterSink failed too", hop.name, event)
 
 
-def _no_response(url: str, detail: str) -> Outcome:
+def _no_response(url: str, detail: str, timed_out: bool = False) -> Outcome:
     encoded = base64.b64encode(detail.encode()[:ERROR_DATA_BYTES]).decode()
     extensions = {
         "knativeerrordest": url,
         "knativeerrorcode": "500",
         "knativeerrordata": encoded,
     }
-    return Outcome(None, detail, error_extensions=extensions)
+    return Outcome(None, detail, error_extensions=extensions, timed_out=timed_out)
