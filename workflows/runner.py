@@ -20,7 +20,12 @@ Parallel -> its ingress channel; `uri` alone -> as written; `ref` + relative `ur
 The model is the production one, not IMC's synchronous default (semantics §2): the ingress
 answers 202 as soon as the event is accepted and delivers it afterwards, from a pool of worker
 threads, so a producer never waits for (or learns about) a subscriber's failure. What is pending
-lives in memory: a stopped runner forgets it, as a deleted in-memory channel does.
+lives in memory: a stopped runner forgets it, as a deleted in-memory channel does. A delivery
+waiting to retry holds its worker while it waits (`workers`, 64 by default, bounds how many
+deliveries are under way at once).
+
+Not modelled: `cesql` filters (refused when loading, see filters.py), `retryAfterMax` (a feature
+Knative ships disabled), TLS and auth on hops, IMC's synchronous mode, kustomize patches.
 
 Ingress (`POST /<namespace>/<broker>`, also with a trailing `/`): binary and structured events
 are accepted with 202 and an empty body; a batch, a non-CloudEvent, a blank or missing
