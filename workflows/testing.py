@@ -1,9 +1,13 @@
-"""Test helpers for the runner: a clock that does not sleep, and a recording HTTP subscriber.
+"""Test support for the runner (and for tests of whatever runs behind it).
 
-clock = FakeClock()
-with Subscriber(lambda request: (500, {}, b"busy")) as sink:   # answers every POST with 500
-    ...                                                          # sink.url, sink.requests
-clock.sleeps  # [0.2, 0.4, 0.8, ...]: the backoff waits the runner asked for
+- `FakeClock`: `sleep()` returns at once and is recorded in `.sleeps`, so backoff waits are
+  checked exactly without waiting; `now()` moves forward by them.
+- `Subscriber(respond)`: a real HTTP server on 127.0.0.1 that records each request (`.received()`,
+  `.types()`) and answers with `respond(request) -> (status, headers, body)`; `reply_with(...)`
+  builds a 200 carrying a CloudEvent reply.
+- `running(folder, manifests, services, clock)`: a served runner over manifests written to a
+  folder; `post_event(url, type, ...)` posts as a producer does.
+- `broker()`, `trigger()`, `sequence()`, `parallel()`, `ref()`: manifest documents as dicts.
 """
 
 from __future__ import annotations
