@@ -62,6 +62,17 @@ FILTERS_CASES = [
     ([{"prefix": {"tenant": "a"}}], UPLOADED, False),
     ([{"not": {"exact": {"tenant": "acme"}}}], UPLOADED, True),
     ([{"suffix": {"tenant": "me"}}], WITH_EXTENSION, True),
+    # Older attribute spellings the broker-filter still reads.
+    (
+        [{"exact": {"schemaurl": "https://x/s.json"}}],
+        {**UPLOADED, "dataschema": "https://x/s.json"},
+        True,
+    ),
+    (
+        [{"exact": {"datamediatype": "application/json"}}],
+        {**UPLOADED, "datacontenttype": "application/json; charset=utf-8"},
+        True,
+    ),
     # Entries with an empty key or value are dropped: they let everything through.
     ([{"exact": {"type": ""}}], UPLOADED, True),
     ([{"exact": {"type": ""}}, {"exact": {"source": "/other"}}], UPLOADED, False),

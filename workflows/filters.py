@@ -26,7 +26,8 @@ from typing import Any
 Attributes = Mapping[str, str]
 Predicate = Callable[[Attributes], bool]
 
-_READ_AS_EMPTY = ("subject", "dataschema", "datacontenttype")
+_READ_AS_EMPTY = ("subject", "dataschema", "datacontenttype", "datacontentencoding")
+_ALIASES = {"schemaurl": "dataschema"}
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 _ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9]*$")
 DIALECTS = ("exact", "prefix", "suffix", "all", "any", "not", "cesql")
@@ -34,6 +35,10 @@ DIALECTS = ("exact", "prefix", "suffix", "all", "any", "not", "cesql")
 
 def lookup(attributes: Attributes, name: str) -> str | None:
     """An attribute's value as the broker-filter reads it; None when it is missing."""
+    if name in _ALIASES:  # older spellings the broker-filter still answers to
+        name = _ALIASES[name]
+    if name == "datamediatype":
+        return (attributes.get("datacontenttype") or "").split(";", 1)[0].strip()
     if name in attributes:
         return attributes[name]
     if name in _READ_AS_EMPTY:
