@@ -247,6 +247,10 @@ def test_unknown_page_is_html_404(ann):
     assert "text/html" in response.content_type
 
 
+def test_missing_static_file_is_a_plain_404(app):
+    assert app.test_client().get("/static/nothing.js").status_code == 404
+
+
 def test_healthz(app):
     assert app.test_client().get("/healthz").json == {"status": "ok"}
 

@@ -69,10 +69,12 @@ def test_signin_form_then_next(app, ann):
     assert response.status_code == 302 and response.headers["Location"] == "/albums/1"
 
 
-def test_signin_never_redirects_off_site(app, ann):
+@pytest.mark.parametrize("target", ["//evil.example/", "/\\evil.example/", "https://evil.example/"])
+def test_signin_never_redirects_off_site(app, ann, target):
     client, token = _form_client(app)
     response = client.post(
-        "/auth/signin?next=//evil.example/",
+        "/auth/signin",
+        query_string={"next": target},
         data={"username": "ann", "password": PASSWORD, "csrf_token": token},
     )
     assert response.headers["Location"] == "/"

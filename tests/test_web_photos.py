@@ -230,6 +230,17 @@ def test_an_uploaded_image_offers_retry_only_after_a_while(backend, app, ann):
     assert ann.get(f"/api/images/{image['id']}").json["image"]["retryable"] is True
 
 
+def test_a_stuck_processing_image_can_be_retried(backend, app, ann):
+    image = ann.upload_one(ann.create_album(), DOG)
+    set_done(backend, image["id"], status=Status.PROCESSING)
+    assert ann.get(f"/api/images/{image['id']}").json["image"]["retryable"] is False
+    assert ann.api("POST", f"/api/images/{image['id']}/retry").status_code == 409
+    app.config["STUCK_AFTER_SECONDS"] = -1
+    assert ann.get(f"/api/images/{image['id']}").json["image"]["retryable"] is True
+    assert ann.api("POST", f"/api/images/{image['id']}/retry").status_code == 202
+    assert _row(backend, image["id"]).status == Status.UPLOADED
+
+
 # --- serving ---------------------------------------------------------------------------------
 
 

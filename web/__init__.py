@@ -48,6 +48,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         BLOB_URL=settings.blob_url,
         SINK=settings.sink,
         MAX_UPLOAD_BYTES=settings.max_upload_bytes,
+        STUCK_AFTER_SECONDS=settings.stuck_after_seconds,
     )
     if test_config is not None:
         app.config.from_mapping(test_config)
@@ -60,7 +61,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.session_interface = _SessionInterface()
     # Knative's queue-proxy and ingress terminate TLS and say so in X-Forwarded-Proto.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_proto=1, x_host=1)  # type: ignore[method-assign]
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_proto=1)  # type: ignore[method-assign]
 
     from web import albums, api, auth, broker, db, photos
 

@@ -38,7 +38,7 @@ DETAIL_FIELDS = [
 def meta_value(image: dict[str, Any], field: str) -> str | None:
     """One metadata field as the page shows it; album.js formats the same way."""
     if field == "taken":
-        return image["takenAt"]
+        return image["takenAt"].replace("T", " ") if image["takenAt"] else None
     if field == "camera":
         make, model = image["camera"]["make"] or "", image["camera"]["model"] or ""
         return (model if model.startswith(make) else f"{make} {model}").strip() or None

@@ -63,6 +63,8 @@ def check_csrf() -> None:
 
 
 def load_logged_in_user() -> None:
+    if request.endpoint == "static":
+        return
     user_id = session.get("user_id")
     g.user = get_session().get(User, user_id) if user_id is not None else None
 
@@ -134,7 +136,8 @@ def start_session(user: User) -> None:
 
 
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//"):
+    # Browsers read /\host like //host: only plain same-site paths are followed.
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
         return target
     return url_for("albums.index")
 

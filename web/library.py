@@ -37,7 +37,6 @@ from web.db import get_blobs, get_session
 log = logging.getLogger("imagerec.web")
 
 MAX_ALBUM_NAME = 100
-RETRYABLE = (Status.FAILED, Status.UPLOADED)
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -228,8 +227,11 @@ def start_workflow(image: Image) -> bool:
 
 
 def retry(image: Image) -> Image:
-    if image.status not in RETRYABLE:
-        raise Conflict(f"{image.file_name} is {image.status}; only failed or waiting photos retry.")
+    """Start the workflow again: steps are idempotent, so a second run changes nothing else."""
+    if image.status not in (Status.FAILED, Status.UPLOADED) and not _offer_retry(image):
+        raise Conflict(
+            f"{image.file_name} is {image.status}; only failed, waiting or stuck photos retry."
+        )
     image.status = Status.UPLOADED
     image.reason = None
     get_session().commit()
@@ -331,13 +333,16 @@ def image_json(image: Image) -> dict[str, Any]:
 
 
 def _offer_retry(image: Image) -> bool:
-    """Failed photos, and uploaded ones the pipeline has not picked up for a while."""
+    """Failed photos, and photos the pipeline has not moved on for a while (none spins forever)."""
     if image.status == Status.FAILED:
         return True
-    if image.status != Status.UPLOADED or image.updated_at is None:
+    patience = {
+        Status.UPLOADED: current_app.config["RETRY_UPLOADED_AFTER_SECONDS"],
+        Status.PROCESSING: current_app.config["STUCK_AFTER_SECONDS"],
+    }.get(image.status)
+    if patience is None or image.updated_at is None:
         return False
-    waited = datetime.now(UTC) - aware(image.updated_at)
-    return waited.total_seconds() > current_app.config["RETRY_UPLOADED_AFTER_SECONDS"]
+    return (datetime.now(UTC) - aware(image.updated_at)).total_seconds() > patience
 
 
 def aware(moment: datetime) -> datetime:

@@ -32,7 +32,7 @@
   function metaValue(image, field) {
     switch (field) {
       case "taken":
-        return image.takenAt;
+        return image.takenAt ? image.takenAt.replace("T", " ") : null;
       case "camera": {
         const make = image.camera.make || "";
         const model = image.camera.model || "";
