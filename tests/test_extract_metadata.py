@@ -4,6 +4,7 @@ manifest records, or rejected with a reason; malformed or dangling events are re
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -307,6 +308,43 @@ def test_a_valid_position_in_edited_exif_is_read(configured, client, owner, tmp_
     assert geo["longitude"] == {"D": 151, "M": 12, "S": 36.0, "Direction": "E"}
     assert geo["lat"] == pytest.approx(-(33 + 51 / 60 + 54.5 / 3600), abs=1e-7)
     assert geo["lon"] == pytest.approx(151 + 12 / 60 + 36 / 3600, abs=1e-7)
+
+
+TRUNCATABLE = ["exif/nikon_p6000_gps.jpg", "exif/exif_chunk.png", "exif/orient6.webp"]
+TRUNCATABLE += ["exif/iphone11_gps.heic"]
+
+
+@pytest.mark.parametrize("file", TRUNCATABLE)
+def test_every_truncation_is_rejected(configured, client, owner, tmp_path, file):
+    content = (IMAGES / file).read_bytes()
+    for fraction in (0.1, 0.5, 0.9, 0.999):
+        path = tmp_path / f"cut-{fraction}"
+        path.write_bytes(content[: int(len(content) * fraction)])
+        reply = reply_event(post_event(client, event_for(put_original(configured, path, *owner))))
+        assert reply["type"] == REJECTED, (fraction, reply.data)
+
+
+def test_corrupted_exif_never_rejects_a_good_photo(embedded_backend, monkeypatch, tmp_path):
+    """Overwrite random bytes inside the EXIF segment of a good JPEG: always accepted, no 500."""
+    for key, value in embedded_backend.env.items():
+        monkeypatch.setenv(key, value)
+    imagerec.steps.settings.cache_clear()
+    client = step_app("extract_metadata").test_client()
+    owner = make_owner(embedded_backend)
+    content = bytearray((IMAGES / "exif/canon_40d.jpg").read_bytes())
+    app1 = content.find(b"\xff\xe1")
+    assert content[app1 + 4 : app1 + 8] == b"Exif"
+    exif_start, exif_end = app1 + 10, app1 + 2 + int.from_bytes(content[app1 + 2 : app1 + 4], "big")
+    rng = random.Random(20261125)
+    for attempt in range(150):
+        mutated = bytearray(content)
+        for _ in range(rng.randint(1, 12)):
+            mutated[rng.randrange(exif_start, exif_end)] = rng.randrange(256)
+        path = tmp_path / f"mutant-{attempt}.jpg"
+        path.write_bytes(mutated)
+        response = post_event(client, event_for(put_original(embedded_backend, path, *owner)))
+        assert reply_event(response)["type"] == ACCEPTED, attempt
+    imagerec.steps.settings.cache_clear()
 
 
 # --- refusals: answered with short plain text, never a reply event, never a 500
