@@ -175,6 +175,13 @@ def test_outside_emitters_upload_is_registered_and_marked_processing(configured,
         assert image.status == Status.PROCESSING
 
 
+def test_fields_an_emitter_adds_are_carried_forward(configured, client, owner):
+    data = {**upload(configured, "bad/valid.gif", owner), "caption": "Grandma's birthday"}
+    assert reply_data(post_event(client, event_for(data)))["caption"] == "Grandma's birthday"
+    data = {**upload(configured, "exif/canon_40d.jpg", owner), "caption": "Grandma's birthday"}
+    assert reply_data(post_event(client, event_for(data)))["caption"] == "Grandma's birthday"
+
+
 def test_redelivery_gives_the_same_answer(configured, client, owner):
     data = upload(configured, "exif/samsung_s7_gps.jpg", owner)
     first = reply_data(post_event(client, event_for(data)))
