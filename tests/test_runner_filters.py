@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from workflows.filters import trigger_filter
@@ -170,3 +172,30 @@ def test_changing_a_filter_in_the_manifest_folder_changes_what_is_delivered(tmp_
             r.wait_idle()
         delivered.append(step.types())
     assert delivered == [["dev.imagerec.image.uploaded"], ["dev.imagerec.image.rejected"]]
+
+
+def test_many_events_at_once_each_reach_every_matching_trigger(tmp_path):
+    manifests = [
+        broker(),
+        trigger("exact", ref("exact"), {"type": "dev.imagerec.image.uploaded"}),
+        trigger("prefix", ref("prefix"), filters=[{"prefix": {"type": "dev.imagerec."}}]),
+    ]
+    subjects = [f"img-{i}" for i in range(40)]
+    with Subscriber() as exact, Subscriber() as prefix:
+        services = {"exact": exact.url, "prefix": prefix.url}
+        with running(tmp_path, manifests, services, FakeClock()) as (runner, server):
+            with ThreadPoolExecutor(8) as producers:
+                answers = list(
+                    producers.map(
+                        lambda subject: (
+                            post_event(
+                                server.broker_url, "dev.imagerec.image.uploaded", subject=subject
+                            ).status_code
+                        ),
+                        subjects,
+                    )
+                )
+            runner.wait_idle()
+    assert answers == [202] * len(subjects)
+    for subscriber in (exact, prefix):
+        assert sorted(r.attributes["subject"] for r in subscriber.received()) == sorted(subjects)
