@@ -151,7 +151,7 @@ class Manifests:
     triggers: dict[Key, Trigger] = field(default_factory=dict)
     sequences: dict[Key, Sequence] = field(default_factory=dict)
     parallels: dict[Key, Parallel] = field(default_factory=dict)
-    services: dict[Key, str] = field(default_factory=dict)  # Knative Services: key -> file
+    services: dict[Key, str] = field(default_factory=dict)  # Knative Services: key -> name
 
     def destinations(self) -> Iterator[tuple[str, Destination]]:
         """Every Destination the manifests name, with the object that names it."""
@@ -227,7 +227,7 @@ def _manifest_files(folder: Path, namespace: str | None) -> Iterator[tuple[Path,
             yield path, namespace
         return
     spec = yaml.safe_load(kustomization.read_text()) or {}
-    namespace = spec.get("namespace") or namespace
+    namespace = namespace or spec.get("namespace")  # an outer kustomization's namespace wins
     for resource in spec.get("resources") or []:
         if "://" in str(resource):
             raise ManifestError(f"{kustomization}: remote resource {resource!r} is not supported")
