@@ -119,7 +119,18 @@ def test_csrf_token_changes_at_sign_in(app, ann):
     assert response.json["csrfToken"] != before
 
 
-@pytest.mark.parametrize("url", ["/", "/albums/1", "/photos/abc", "/photos/abc/original"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/",
+        "/search",
+        "/albums/1",
+        "/photos/abc",
+        "/photos/abc/original",
+        "/photos/abc/thumbnail",
+        "/photos/abc/display",
+    ],
+)
 def test_pages_need_sign_in(app, url):
     response = app.test_client().get(url)
     assert response.status_code == 302
@@ -133,6 +144,12 @@ def test_pages_need_sign_in(app, url):
         ("GET", "/api/albums/1"),
         ("GET", "/api/albums/1/images"),
         ("GET", "/api/images/abc"),
+        ("GET", "/api/images"),
+        ("GET", "/api/labels"),
+        ("POST", "/api/images/abc/retry"),
+        ("POST", "/api/albums/1/images"),
+        ("PATCH", "/api/albums/1"),
+        ("DELETE", "/api/albums/1"),
         ("POST", "/api/albums"),
         ("DELETE", "/api/images/abc"),
     ],

@@ -188,3 +188,44 @@ def test_static_scripts_never_write_html(app):
         source = client.get(f"/static/{name}").text
         assert "innerHTML" not in source and "outerHTML" not in source, name
         assert "insertAdjacentHTML" not in source and "document.write" not in source, name
+
+
+def test_search_across_albums(backend, ann, bob):
+    one, two = ann.create_album("One"), ann.create_album("Two")
+    dog = ann.upload_one(one, DOG)
+    dog_too = ann.upload_one(two, IMAGES / "exif" / "canon_40d.jpg")
+    bus = ann.upload_one(two, BUS)
+    set_done(backend, dog["id"], [("Dog", 0.9, [0, 0, 1, 1])])
+    set_done(backend, dog_too["id"], [("Dog", 0.5, [0, 0, 1, 1])])
+    set_done(backend, bus["id"], [("Bus", 0.7, [0, 0, 1, 1])])
+    bobs = bob.upload_one(bob.create_album(), DOG)
+    set_done(backend, bobs["id"], [("Dog", 0.9, [0, 0, 1, 1])])
+
+    found = ann.get("/api/images?label=dog").json["images"]
+    assert {i["id"] for i in found} == {dog["id"], dog_too["id"]}
+    assert len(ann.get("/api/images").json["images"]) == 3
+    assert ann.get("/api/labels").json["labels"] == [
+        {"label": "Dog", "count": 2},
+        {"label": "Bus", "count": 1},
+    ]
+    page = ann.get("/search?label=Dog").text
+    assert 'data-count="2"' in page
+    assert f'id="photo-{dog["id"]}"' in page and f'id="photo-{dog_too["id"]}"' in page
+    assert f'id="photo-{bobs["id"]}"' not in page
+    assert [i["id"] for i in bob.get("/api/images?label=Dog").json["images"]] == [bobs["id"]]
+
+
+def test_search_page_without_a_label_lists_labels(backend, ann):
+    image = ann.upload_one(ann.create_album(), DOG)
+    set_done(backend, image["id"], [("Dog", 0.9, [0, 0, 1, 1])])
+    page = ann.get("/search").text
+    assert 'class="filter-chip" data-label="Dog"' in page and 'id="photo-grid"' not in page
+
+
+def test_turned_photos_show_their_upright_size(backend, ann):
+    album_id = ann.create_album()
+    image = ann.upload_one(album_id, DOG)
+    set_done(backend, image["id"], width=600, height=450, orientation=6)
+    assert "450 × 600" in ann.get(f"/albums/{album_id}").text
+    body = ann.get(f"/api/images/{image['id']}").json["image"]
+    assert (body["width"], body["height"], body["orientation"]) == (600, 450, 6)

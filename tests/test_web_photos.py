@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 
 import pytest
 from conftest import IMAGES, manifest
+from PIL import Image as PILImage
 from test_web_app import BUS, DOG, count, make_app, set_done, sign_up
 
 from imagerec.blobstore import thumbnail_key
@@ -282,6 +284,19 @@ def test_heic_is_converted_to_jpeg_for_display(ann):
     shown = ann.get(image["urls"]["display"])
     assert shown.status_code == 200 and shown.content_type == "image/jpeg"
     assert shown.data[:3] == b"\xff\xd8\xff"
+    entry = next(e for e in manifest()["exif"] if e["file"] == "exif/iphone11_gps.heic")
+    with PILImage.open(io.BytesIO(shown.data)) as picture:
+        assert max(picture.size) <= 2048
+        # Upright as the viewer sees it: the same shape as the manifest's display size.
+        portrait = entry["display_height"] > entry["display_width"]
+        assert (picture.height > picture.width) is portrait
+
+
+def test_display_refuses_to_decode_a_huge_heif(backend):
+    app = make_app(backend, MAX_IMAGE_PIXELS=1000)
+    ann = sign_up(app, "ann")
+    image = ann.upload_one(ann.create_album(), HEIC)
+    assert ann.get(image["urls"]["display"]).status_code == 404
 
 
 def test_display_serves_browser_formats_as_stored(ann):

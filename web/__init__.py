@@ -49,6 +49,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SINK=settings.sink,
         MAX_UPLOAD_BYTES=settings.max_upload_bytes,
         STUCK_AFTER_SECONDS=settings.stuck_after_seconds,
+        MAX_IMAGE_PIXELS=settings.max_image_pixels,
     )
     if test_config is not None:
         app.config.from_mapping(test_config)

@@ -43,7 +43,14 @@ def meta_value(image: dict[str, Any], field: str) -> str | None:
         make, model = image["camera"]["make"] or "", image["camera"]["model"] or ""
         return (model if model.startswith(make) else f"{make} {model}").strip() or None
     if field == "dimensions":
-        return f"{image['width']} × {image['height']}" if image["width"] else None
+        if not image["width"]:
+            return None
+        # Stored pixels, shown the way up the viewer sees them (orientations 5-8 turn by 90°).
+        turned = (image["orientation"] or 1) >= 5
+        width, height = (
+            (image["height"], image["width"]) if turned else (image["width"], image["height"])
+        )
+        return f"{width} × {height}"
     if field == "bytes":
         return human_bytes(image["fileSize"] or image["size"])
     if field == "place":
@@ -103,9 +110,23 @@ def album(album_id: int):
         "albums/album.html",
         album=album,
         images=[library.image_json(i) for i in images],
-        labels=library.album_labels(album),
+        labels=library.labels_in(album),
         label=label,
         max_upload_bytes=current_app.config["MAX_UPLOAD_BYTES"],
+    )
+
+
+@bp.get("/search")
+@login_required
+def search():
+    """Photos across every album of the user that show a label."""
+    label = (request.args.get("label") or "").strip()
+    images = library.list_images(None, label) if label else []
+    return render_template(
+        "albums/search.html",
+        label=label,
+        images=[library.image_json(i) for i in images],
+        labels=library.labels_in(None),
     )
 
 

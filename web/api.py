@@ -87,7 +87,7 @@ def get_album(album_id: int):
     album = library.get_album(album_id)
     return {
         "album": library.album_json(album, library.count_photos(album)),
-        "labels": library.album_labels(album),
+        "labels": library.labels_in(album),
     }
 
 
@@ -144,6 +144,20 @@ def upload_images(album_id: int):
     if errors:
         return {"error": errors[0]["error"], **body}, errors[0]["status"]
     return {"error": duplicates[0]["message"], **body}, 409
+
+
+@bp.get("/images")
+@login_required
+def search_images():
+    """Photos across all the user's albums, newest first; `label` narrows them."""
+    images = library.list_images(None, request.args.get("label") or None)
+    return {"images": [library.image_json(i) for i in images]}
+
+
+@bp.get("/labels")
+@login_required
+def list_labels():
+    return {"labels": library.labels_in(None)}
 
 
 @bp.get("/images/<image_id>")

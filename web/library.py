@@ -72,34 +72,37 @@ def list_albums() -> list[dict[str, Any]]:
     return [album_json(a, counts.get(a.id, 0)) for a in albums]
 
 
-def list_images(album: Album, label: str | None = None) -> list[Image]:
+def list_images(album: Album | None, label: str | None = None) -> list[Image]:
+    """The photos of one album (or of all the user's albums), newest first, maybe by label."""
     query = (
         select(Image)
-        .where(Image.album_id == album.id, Image.user_id == g.user.id)
+        .where(Image.user_id == g.user.id)
         .options(selectinload(Image.detections))
         .order_by(Image.created_at.desc(), Image.id)
     )
+    if album is not None:
+        query = query.where(Image.album_id == album.id)
     if label:
-        query = query.where(
-            Image.id.in_(select(Detection.image_id).where(Detection.label == label))
+        labelled = select(Detection.image_id).where(
+            func.lower(Detection.label) == label.strip().lower()
         )
+        query = query.where(Image.id.in_(labelled))
     return list(get_session().scalars(query))
 
 
-def album_labels(album: Album) -> list[dict[str, Any]]:
-    """Each label in the album with the number of photos showing it, most common first."""
-    rows = (
-        get_session()
-        .execute(
-            select(Detection.label, func.count(func.distinct(Detection.image_id)))
-            .join(Image, Image.id == Detection.image_id)
-            .where(Image.album_id == album.id, Image.user_id == g.user.id)
-            .group_by(Detection.label)
-            .order_by(func.count(func.distinct(Detection.image_id)).desc(), Detection.label)
-        )
-        .all()
+def labels_in(album: Album | None) -> list[dict[str, Any]]:
+    """Each label (in one album, or all) with the number of photos showing it, most first."""
+    photos = func.count(func.distinct(Detection.image_id))
+    query = (
+        select(Detection.label, photos)
+        .join(Image, Image.id == Detection.image_id)
+        .where(Image.user_id == g.user.id)
+        .group_by(Detection.label)
+        .order_by(photos.desc(), Detection.label)
     )
-    return [{"label": label, "count": count} for label, count in rows]
+    if album is not None:
+        query = query.where(Image.album_id == album.id)
+    return [{"label": label, "count": n} for label, n in get_session().execute(query).all()]
 
 
 # --- albums ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import logging
 
-from flask import Blueprint, Response, flash, redirect, render_template, url_for
+from flask import Blueprint, Response, current_app, flash, redirect, render_template, url_for
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
 
 from imagerec.blobstore import BlobNotFound, BlobStoreUnavailable
@@ -24,6 +24,7 @@ log = logging.getLogger("imagerec.web")
 MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "HEIF": "image/heic"}
 # What every browser shows in an <img>; HEIF is converted to JPEG for display.
 BROWSER_FORMATS = {"JPEG", "PNG", "WEBP"}
+DISPLAY_SIDE = 2048
 
 
 @bp.get("/<image_id>")
@@ -83,7 +84,8 @@ def display(image_id: str):
         return _blob_response(data, kind, image.file_name)
     if kind == "HEIF" and image.status != "rejected":
         try:
-            return _blob_response(_heif_as_jpeg(data), "JPEG", image.file_name)
+            jpeg = _heif_as_jpeg(data, current_app.config["MAX_IMAGE_PIXELS"])
+            return _blob_response(jpeg, "JPEG", image.file_name)
         except Exception as e:  # a broken HEIF is the pipeline's to reject, not ours to 500
             log.info("cannot convert %s for display: %s", image.id, e)
     raise NotFound("This photo cannot be shown in a browser.")
@@ -109,14 +111,18 @@ def _blob_response(data: bytes, kind: str | None, file_name: str) -> Response:
     return response
 
 
-def _heif_as_jpeg(data: bytes) -> bytes:
+def _heif_as_jpeg(data: bytes, max_pixels: int) -> bytes:
     import pillow_heif
     from PIL import Image as PILImage
     from PIL import ImageOps
 
     pillow_heif.register_heif_opener()
     with PILImage.open(io.BytesIO(data)) as picture:
+        # The pipeline may not have judged it yet: refuse bombs before decoding.
+        if picture.width * picture.height > max_pixels:
+            raise ValueError(f"{picture.width}x{picture.height} is too large to show")
         upright = ImageOps.exif_transpose(picture).convert("RGB")
+    upright.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
     out = io.BytesIO()
     upright.save(out, "JPEG", quality=88)
     return out.getvalue()

@@ -38,8 +38,11 @@
         const model = image.camera.model || "";
         return (model.startsWith(make) ? model : make + " " + model).trim() || null;
       }
-      case "dimensions":
-        return image.width ? image.width + " × " + image.height : null;
+      case "dimensions": {
+        if (!image.width) return null;
+        const turned = (image.orientation || 1) >= 5;
+        return turned ? image.height + " × " + image.width : image.width + " × " + image.height;
+      }
       case "bytes":
         return imagerec.humanBytes(image.fileSize || image.size);
       case "place":
@@ -200,8 +203,13 @@
     } catch (error) {
       // Offline for a moment: keep the page as it is and try again.
     }
-    timer = setTimeout(refresh, busy || activeUploads ? POLL_BUSY_MS : POLL_IDLE_MS);
+    const pending = (busy || activeUploads) && !document.hidden;
+    timer = setTimeout(refresh, pending ? POLL_BUSY_MS : POLL_IDLE_MS);
   }
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) refresh();
+  });
 
   // --- uploads ---------------------------------------------------------------------------------
 
