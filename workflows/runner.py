@@ -142,7 +142,7 @@ class Runner:
         self._wire()
         threads = [
             threading.Thread(
-                target=httpd.serve_forever, args=(0.05,), name="runner-ingress", daemon=True
+                target=httpd.serve_forever, args=(0.02,), name="runner-ingress", daemon=True
             )
         ]
         threads += [
@@ -428,6 +428,9 @@ def _next_ttl(incoming: str | None) -> int:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connections in a burst (the client then waits
+    # a second to retry its SYN): replies from many workers arrive at once.
+    request_queue_size = 128
 
     def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
         log.warning("ingress: request from %s failed", client_address, exc_info=True)

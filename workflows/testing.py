@@ -92,10 +92,9 @@ class Subscriber:
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         handler = type("Handler", (_SubscriberHandler,), {"subscriber": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _SubscriberServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.01,), daemon=True)
 
     def __enter__(self) -> Subscriber:
         self._thread.start()
@@ -116,6 +115,11 @@ class Subscriber:
         with self._lock:
             self.requests.append(request)
         return self.respond(request)
+
+
+class _SubscriberServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the runner's workers may all call at once
 
 
 class _SubscriberHandler(BaseHTTPRequestHandler):
