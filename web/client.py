@@ -164,13 +164,19 @@ def _error_text(response: requests.Response) -> str:
 
 
 def _progress_bar() -> Progress:
+    """A bar redrawn in place on a terminal; only the finished line when stderr is a file."""
+
     def show(name: str, sent: int, total: int) -> None:
         stream = sys.stderr
+        done = sent >= total
+        if not (done or stream.isatty()):
+            return
         width = 30
-        share = sent / max(total, 1)
+        share = min(sent / max(total, 1), 1.0)
         filled = int(width * share)
-        line = f"\r{name[:40]:40} [{'#' * filled}{'.' * (width - filled)}] {share:4.0%}"
-        stream.write(line + ("\n" if sent >= total else ""))
+        percent = 100 if done else min(int(share * 100), 99)
+        line = f"\r{name[:40]:40} [{'#' * filled}{'.' * (width - filled)}] {percent:3d}%"
+        stream.write(line + ("\n" if done else ""))
         stream.flush()
 
     return show
