@@ -39,14 +39,15 @@ def closed_port_url() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
-def run_one(tmp_path, respond, delivery, broker_delivery=None, clock=None, event_type="t"):
+def run_one(tmp_path, respond, delivery, broker_delivery=None, clock=None, headers=None):
     """Post one event through one Trigger; what the subscriber and the DLS received."""
     manifests = [broker(delivery=broker_delivery), trigger("t", ref("sub"), delivery=delivery)]
     clock = clock or FakeClock()
     with Subscriber(respond) as sub, Subscriber() as dead:
         services = {"sub": sub.url, "dead": dead.url}
         with running(tmp_path, manifests, services, clock) as (runner, server):
-            assert post_event(server.broker_url, event_type, data={"n": 1}).status_code == 202
+            response = post_event(server.broker_url, "t", data={"n": 1}, headers=headers)
+            assert response.status_code == 202
             runner.wait_idle()
         return sub.received(), dead.received(), server
 
@@ -81,8 +82,14 @@ def test_a_reply_goes_back_into_the_broker_with_the_ttl_it_had(tmp_path):
     assert dead_letter.attributes["knativebrokerttl"] == "98"
 
 
-def test_a_non_integer_ttl_starts_again_at_255(tmp_path):
+def test_a_new_event_starts_with_ttl_255(tmp_path):
     received, dead, _ = run_one(tmp_path, answer(400), dls())
+    assert dead[0].attributes["knativebrokerttl"] == "255"
+
+
+def test_a_non_integer_ttl_starts_again_at_255(tmp_path):
+    headers = {"ce-knativebrokerttl": "many"}
+    received, dead, _ = run_one(tmp_path, answer(400), dls(), headers=headers)
     assert dead[0].attributes["knativebrokerttl"] == "255"
 
 
