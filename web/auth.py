@@ -103,7 +103,12 @@ def sign_up(username: str, password: str) -> User:
 def sign_in(username: str, password: str) -> User:
     """The user with these credentials; refuses while locked after too many failures."""
     db = get_session()
-    user = db.scalar(select(User).where(User.username == username.strip()))
+    username = username.strip()
+    user = (
+        db.scalar(select(User).where(User.username == username))
+        if USERNAME.match(username)
+        else None
+    )
     now = datetime.now(UTC)
     if user is not None and user.locked_until is not None and aware(user.locked_until) > now:
         minutes = max(1, round((aware(user.locked_until) - now).total_seconds() / 60))

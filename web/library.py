@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,20 +38,26 @@ from web.db import get_blobs, get_session
 log = logging.getLogger("imagerec.web")
 
 MAX_ALBUM_NAME = 100
+MAX_ROW_ID = 2**31 - 1  # an INTEGER key; anything larger cannot name a row
+IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # as the uploaded event's schema
 
 
 # --- loading ---------------------------------------------------------------------------------
 
 
 def get_album(album_id: int) -> Album:
-    album = get_session().get(Album, album_id)
+    album = get_session().get(Album, album_id) if 0 < album_id <= MAX_ROW_ID else None
     if album is None or album.user_id != g.user.id:
         raise NotFound("No such album.")
     return album
 
 
 def get_image(image_id: str) -> Image:
-    image = get_session().get(Image, image_id, options=[selectinload(Image.detections)])
+    image = (
+        get_session().get(Image, image_id, options=[selectinload(Image.detections)])
+        if IMAGE_ID.match(image_id)
+        else None
+    )
     if image is None or image.user_id != g.user.id:
         raise NotFound("No such photo.")
     return image
@@ -82,10 +89,9 @@ def list_images(album: Album | None, label: str | None = None) -> list[Image]:
     )
     if album is not None:
         query = query.where(Image.album_id == album.id)
+    label = printable(label or "").strip()[:128]
     if label:
-        labelled = select(Detection.image_id).where(
-            func.lower(Detection.label) == label.strip().lower()
-        )
+        labelled = select(Detection.image_id).where(func.lower(Detection.label) == label.lower())
         query = query.where(Image.id.in_(labelled))
     return list(get_session().scalars(query))
 
@@ -109,7 +115,7 @@ def labels_in(album: Album | None) -> list[dict[str, Any]]:
 
 
 def check_album_name(name: str) -> str:
-    name = " ".join(name.split())
+    name = " ".join(printable(name).split())
     if not name:
         raise BadRequest("An album needs a name.")
     if len(name) > MAX_ALBUM_NAME:
@@ -174,7 +180,7 @@ class Duplicate(Exception):
 def upload(album: Album, file: FileStorage) -> Image:
     """Store one uploaded file and start its workflow; answers only once both are durable."""
     # Shown to the user and offered as a download name; never part of a key.
-    file_name = "".join(c for c in (file.filename or "") if c.isprintable())[-255:] or "unnamed"
+    file_name = printable(file.filename or "")[-255:] or "unnamed"
 
     limit = current_app.config["MAX_UPLOAD_BYTES"]
     data = file.stream.read(limit + 1)
@@ -268,6 +274,11 @@ def _delete_blobs(keys: list[str]) -> None:
             blobs.delete(key)
         except (BlobStoreUnavailable, ValueError) as e:
             log.warning("could not delete blob %s: %s", key, e)
+
+
+def printable(text: str) -> str:
+    """Without control characters (NUL included, which PostgreSQL text cannot hold)."""
+    return "".join(c for c in text if c.isprintable())
 
 
 def megabytes(size: int) -> str:
