@@ -62,6 +62,10 @@ def cloudevent_step(
     step: Step, ready: Callable[[], bool] = lambda: True
 ) -> Callable[[flask.Request], flask.typing.ResponseReturnValue]:
     """`ready` answers GET (the readiness probe): a step that is not ready answers 503."""
+    # functions-framework configures no logging; without this a step's INFO lines (one per
+    # event) vanish. A process that set up logging itself keeps its own configuration.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     @functools.wraps(step)
     def entry_point(request: flask.Request) -> flask.typing.ResponseReturnValue:

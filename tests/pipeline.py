@@ -21,12 +21,15 @@ import flask
 import functions_framework
 import requests
 from cloudevents.http import CloudEvent
+from conftest import MODEL
 from werkzeug.test import TestResponse
 
 from imagerec.blobstore import original_key
+from imagerec.config import load_settings
 from imagerec.events import UPLOADED, encode, new_event, parse_event
 from imagerec.formats import extension_for
 from imagerec.models import Album, User
+from workflows.dev import DevStack, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = ROOT / "functions"
@@ -145,3 +148,18 @@ def running_step(module: str, env: dict[str, str], timeout: float = 60.0) -> Ite
             process.kill()
             process.wait()
         process.stderr.close()
+
+
+def start_dev_stack(data_dir: Path, monkeypatch: Any, warm: bool = True, **env: str) -> DevStack:
+    """`imagerec dev`'s whole stack on free ports, its data in `data_dir`, the offline detector,
+    and a reconciler quick enough for tests (stuck after 4 s, checked every second)."""
+    settings_env = {
+        "IMAGEREC_DATA_DIR": str(data_dir),
+        "IMAGEREC_DETECTOR_MODEL": str(MODEL),
+        "IMAGEREC_STUCK_AFTER_SECONDS": "4",
+        **env,
+    }
+    for key, value in settings_env.items():
+        monkeypatch.setenv(key, value)
+    stack = DevStack(load_settings(), port=free_port(), reconcile_interval=1.0)
+    return stack.start(warm=warm)

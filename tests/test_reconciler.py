@@ -30,17 +30,34 @@ def _images(backend, *statuses_and_ages):
         s.add(album)
         s.flush()
         for n, (status, updated) in enumerate(statuses_and_ages):
-            s.add(Image(id=f"img{n}", user_id=user.id, album_id=album.id,
-                        blob_key=f"{user.id}/{album.id}/img{n}.jpg", file_name=f"p{n}.jpg",
-                        content_type="image/jpeg", size=10, status=status,
-                        created_at=updated, updated_at=updated))
+            s.add(
+                Image(
+                    id=f"img{n}",
+                    user_id=user.id,
+                    album_id=album.id,
+                    blob_key=f"{user.id}/{album.id}/img{n}.jpg",
+                    file_name=f"p{n}.jpg",
+                    content_type="image/jpeg",
+                    size=10,
+                    status=status,
+                    created_at=updated,
+                    updated_at=updated,
+                )
+            )
         s.commit()
 
 
 def test_stuck_images_are_sent_again_once(backend, sink):
     fresh = datetime.now(UTC)
-    _images(backend, (Status.UPLOADED, AGO), (Status.PROCESSING, AGO), (Status.UPLOADED, fresh),
-            (Status.FAILED, AGO), (Status.DONE, AGO), (Status.REJECTED, AGO))
+    _images(
+        backend,
+        (Status.UPLOADED, AGO),
+        (Status.PROCESSING, AGO),
+        (Status.UPLOADED, fresh),
+        (Status.FAILED, AGO),
+        (Status.DONE, AGO),
+        (Status.REJECTED, AGO),
+    )
     with backend.session() as s:
         sent = resend_stuck(s, sink.url, timedelta(minutes=5))
     assert sorted(sent) == ["img0", "img1"]

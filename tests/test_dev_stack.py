@@ -1,0 +1,177 @@
+"""End to end on `imagerec dev`'s stack: every step as its own HTTP service, the local runner
+routing by knative/, the reconciler; events posted as an outside CloudEvent emitter would."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+import requests
+from conftest import IMAGES, manifest
+from pipeline import start_dev_stack
+
+from imagerec.blobstore import original_key
+from imagerec.db import session_factory
+from imagerec.events import UPLOADED, encode, new_event
+from imagerec.formats import extension_for
+from imagerec.models import Album, Image, Status, User
+from workflows.dev import DevStack
+
+pytestmark = pytest.mark.slow
+FINAL = {Status.DONE, Status.REJECTED, Status.FAILED}
+
+
+def expected_outcomes() -> dict[str, str]:
+    m = manifest()
+    outcome = {}
+    for entry in m["exif"] + m["objects"]:
+        outcome[entry["file"]] = Status.DONE if entry["supported_per_design"] else Status.REJECTED
+    for entry in m["bad"]:
+        outcome[entry["file"]] = (
+            Status.DONE if entry["file"] == "bad/jpeg_named.png" else (Status.REJECTED)
+        )
+    return outcome
+
+
+class Emitter:
+    """An outside system: puts the bytes in the blob store, then posts the uploaded event."""
+
+    def __init__(self, stack: DevStack) -> None:
+        self.stack = stack
+        self.sessions = session_factory(stack.settings.database_url)
+        from imagerec.blobstore import open_blob_store
+
+        self.blobs = open_blob_store(stack.settings.blob_url)
+        with self.sessions() as s:
+            user = User(username=f"emitter-{uuid4().hex[:6]}", password_hash="x")
+            s.add(user)
+            s.commit()
+            self.user_id = user.id
+        self.album_id = self.new_album("inbox")
+
+    def new_album(self, name: str) -> int:
+        with self.sessions() as s:
+            album = Album(user_id=self.user_id, name=name)
+            s.add(album)
+            s.commit()
+            return album.id
+
+    def post(self, path: Path) -> str:
+        data = path.read_bytes()
+        image_id = uuid4().hex
+        key = original_key(self.user_id, self.album_id, image_id, extension_for(data[:16]))
+        self.blobs.put(key, data)
+        event = new_event(
+            UPLOADED,
+            "https://emitter.example/camera",
+            {
+                "imageId": image_id,
+                "userId": self.user_id,
+                "albumId": self.album_id,
+                "blobKey": key,
+                "fileName": path.name,
+                "contentType": None,
+                "size": len(data),
+            },
+            subject=image_id,
+        )
+        headers, body = encode(event, structured=True)
+        response = requests.post(
+            self.stack.server.broker_url, data=body, headers=headers, timeout=10
+        )
+        assert response.status_code == 202, response.text
+        return image_id
+
+    def wait_final(self, ids: list[str], timeout: float) -> dict[str, Image]:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.sessions() as s:
+                rows = {i: s.get(Image, i) for i in ids}
+                for row in rows.values():
+                    if row is not None:
+                        _ = row.detections
+            if all(r is not None and r.status in FINAL for r in rows.values()):
+                return rows
+            if time.monotonic() > deadline:
+                states = {i: r.status if r else None for i, r in rows.items()}
+                pytest.fail(f"not finished in {timeout}s: {states}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    monkeypatch = pytest.MonkeyPatch()
+    stack = start_dev_stack(tmp_path_factory.mktemp("dev"), monkeypatch)
+    yield stack
+    stack.stop()
+    monkeypatch.undo()
+
+
+def test_every_test_image_reaches_its_outcome(stack):
+    emitter = Emitter(stack)
+    outcomes = expected_outcomes()
+    ids = {}
+    for folder in ("exif", "objects", "bad"):
+        # bad/jpeg_named.png has the same bytes as a photo in exif/: one album each, no duplicate.
+        emitter.album_id = emitter.new_album(folder)
+        ids.update({emitter.post(IMAGES / n): n for n in outcomes if n.startswith(folder)})
+    rows = emitter.wait_final(list(ids), timeout=240)
+    wrong = {ids[i]: (r.status, r.reason) for i, r in rows.items() if r.status != outcomes[ids[i]]}
+    assert not wrong
+    for row in rows.values():
+        if row.status == Status.REJECTED:
+            assert row.reason and len(row.reason) > 10
+        else:
+            assert row.width and row.height and row.format and row.thumbnail_key
+            assert row.content_hash and row.model
+    dog = next(r for i, r in rows.items() if ids[i] == "objects/dog.jpg")
+    assert {"Dog", "Bicycle"} <= {d.label for d in dog.detections}
+
+
+def test_a_killed_step_loses_nothing(stack):
+    emitter = Emitter(stack)
+    names = ["objects/dog.jpg", "objects/eagle.jpg", "exif/canon_40d.jpg"]
+    child = stack.children["make-thumbnail"]
+    child.process.send_signal(signal.SIGKILL)
+    ids = [emitter.post(IMAGES / n) for n in names]
+    rows = emitter.wait_final(ids, timeout=120)
+    assert {r.status for r in rows.values()} == {Status.DONE}
+    assert child.restarts >= 1
+
+
+def test_unknown_album_is_refused_and_nothing_is_stored(stack):
+    emitter = Emitter(stack)
+    emitter.album_id = 999_999
+    image_id = emitter.post(IMAGES / "objects/dog.jpg")
+    time.sleep(3)
+    with emitter.sessions() as s:
+        assert s.get(Image, image_id) is None
+
+
+def test_a_permanently_failing_step_ends_failed(tmp_path, monkeypatch):
+    stack = start_dev_stack(
+        tmp_path, monkeypatch, warm=False, IMAGEREC_DETECTOR_MODEL=str(tmp_path / "no-such-model")
+    )
+    try:
+        emitter = Emitter(stack)
+        image_id = emitter.post(IMAGES / "objects/eagle.jpg")
+        row = emitter.wait_final([image_id], timeout=180)[image_id]
+        assert row.status == Status.FAILED
+        assert "503" in row.reason and "cannot be loaded" in row.reason
+    finally:
+        stack.stop()
+
+
+def test_a_restarted_runner_is_caught_up_by_the_reconciler(tmp_path, monkeypatch):
+    stack = start_dev_stack(tmp_path, monkeypatch)
+    try:
+        emitter = Emitter(stack)
+        ids = [emitter.post(IMAGES / n) for n in ("objects/bus.jpg", "objects/horses.jpg")]
+        stack.restart_runner()  # whatever it was delivering is gone
+        rows = emitter.wait_final(ids, timeout=120)
+        assert {r.status for r in rows.values()} == {Status.DONE}
+    finally:
+        stack.stop()

@@ -1,0 +1,274 @@
+"""`imagerec dev`: the whole service on one machine.
+
+Every step runs as its own HTTP service (functions-framework), the web service under
+gunicorn, and the local runner routes CloudEvents between them from the same knative/
+manifests a cluster uses. Each child's log lines are prefixed with its name; a child that
+dies is restarted; Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from importlib.util import find_spec
+from pathlib import Path
+
+import requests
+
+from imagerec.config import Settings
+from imagerec.db import session_factory, upgrade
+from workflows.reconciler import Reconciler
+from workflows.runner import Runner
+
+log = logging.getLogger("imagerec.dev")
+
+# Knative Service name -> the step module (functions/<module>.py) and its entry point.
+STEPS = {
+    "extract-metadata": "extract_metadata",
+    "make-thumbnail": "make_thumbnail",
+    "detect-objects": "detect_objects",
+    "store-results": "store_results",
+    "record-failure": "record_failure",
+}
+MANIFESTS = Path(__file__).resolve().parents[1] / "knative"
+_PR_SET_PDEATHSIG = 1
+_output = threading.Lock()
+
+
+def say(part: str, text: str) -> None:
+    """One whole line on stdout, prefixed with the part it comes from."""
+    # print() writes the text and the newline separately: lines from several threads would
+    # interleave mid-line without the lock.
+    with _output:
+        sys.stdout.write(f"[{part}] {text}\n")
+        sys.stdout.flush()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # If `imagerec dev` is killed outright, the kernel stops its children too: no orphans.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    """One supervised process, restarted when it dies unless we are stopping."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        self._spawn()
+        threading.Thread(target=self._supervise, name=f"supervise-{self.name}", daemon=True).start()
+
+    def _spawn(self) -> None:
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+
+    def _supervise(self) -> None:
+        # One long-lived thread per child: PDEATHSIG fires when the *thread* that started the
+        # child ends, so restarts must come from a thread that outlives them.
+        while True:
+            process = self.process
+            assert process is not None and process.stdout is not None
+            for raw in process.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                if line:
+                    say(self.name, line)
+            code = process.wait()
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            delay = min(2 ** min(self.restarts, 5), 30)
+            say("dev", f"{self.name} exited with {code}; restarting in {delay}s")
+            if self._stopping.wait(delay):
+                return
+            self._spawn()
+
+    def wait_ready(self, timeout: float, warm: bool = True) -> bool:
+        """Wait until it answers; with `warm`, until it says it is ready (2xx-4xx)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            try:
+                if requests.get(self.url, timeout=2).status_code < 500 or not warm:
+                    return True
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        return False
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class DevStack:
+    """The web service, every step, the runner and the reconciler, started together."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        host: str = "127.0.0.1",
+        port: int = 5000,
+        runner_port: int | None = None,
+        reconcile_interval: float = 10.0,
+        manifests: Path = MANIFESTS,
+    ) -> None:
+        self.settings, self.host, self.port = settings, host, port
+        self.runner_port = runner_port or free_port()
+        self.reconcile_interval = reconcile_interval
+        self.manifests = manifests
+        self.children: dict[str, Child] = {}
+        self.runner: Runner | None = None
+        self.server = None
+        self.reconciler: Reconciler | None = None
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            IMAGEREC_DATA_DIR=str(self.settings.data_dir),
+            IMAGEREC_DATABASE_URL=self.settings.database_url,
+            IMAGEREC_BLOB_URL=self.settings.blob_url,
+            IMAGEREC_DETECTOR_MODEL=self.settings.detector_model,
+            IMAGEREC_SECRET_KEY=self.settings.secret_key,
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def _step_child(self, name: str, module: str) -> Child:
+        port = free_port()
+        spec = find_spec(f"functions.{module}")
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"step module functions/{module}.py not found")
+        argv = [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--source",
+            spec.origin,
+            "--target",
+            module,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        return Child(name, argv, self._env(), f"http://127.0.0.1:{port}")
+
+    def start(self, ready_timeout: float = 120.0, warm: bool = True) -> DevStack:
+        upgrade(self.settings.database_url)
+        for name, module in STEPS.items():
+            self.children[name] = self._step_child(name, module)
+        self._start_runner()
+        web_env = {**self._env(), "K_SINK": self.server.broker_url}
+        self.children["web"] = Child(
+            "web",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"{self.host}:{self.port}",
+                "--threads",
+                "8",
+                "--access-logfile",
+                "-",
+                "web:create_app()",
+            ],
+            web_env,
+            self.web_url,
+        )
+        for child in self.children.values():
+            child.start()
+        for child in self.children.values():
+            if not child.wait_ready(ready_timeout, warm):
+                self.stop()
+                raise RuntimeError(f"{child.name} did not become ready in {ready_timeout}s")
+        self.reconciler = Reconciler(
+            session_factory(self.settings.database_url),
+            self.server.broker_url,
+            timedelta(seconds=self.settings.stuck_after_seconds),
+            self.reconcile_interval,
+        ).start()
+        return self
+
+    def _start_runner(self) -> None:
+        services = {name: c.url for name, c in self.children.items() if name in STEPS}
+        self.runner = Runner.from_manifests(self.manifests, services=services)
+        self.server = self.runner.serve("127.0.0.1", self.runner_port)
+
+    def restart_runner(self) -> None:
+        """Stop the runner, losing whatever it was delivering, and start a fresh one."""
+        self.server.stop()
+        self._start_runner()
+
+    def stop(self) -> None:
+        if self.reconciler:
+            self.reconciler.stop()
+        for child in self.children.values():
+            child.stop()
+        if self.server:
+            self.server.stop()
+
+
+class _PrefixedLogHandler(logging.Handler):
+    """The runner's and reconciler's log records, as lines like the children's: `[runner] …`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        part = record.name.rsplit(".", 1)[-1]
+        say(part, self.format(record))
+
+
+def run(settings: Settings, host: str, port: int) -> int:
+    handler = _PrefixedLogHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logging.getLogger().handlers[:] = [handler]
+    stack = DevStack(settings, host=host, port=port)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stack.start()
+        say("dev", f"imagerec is up: album page at {stack.web_url}")
+        say("dev", f"broker ingress at {stack.server.broker_url}; data in {settings.data_dir}")
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        say("dev", "stopping")
+        stack.stop()
+    return 0
