@@ -55,6 +55,13 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return "?"
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
@@ -93,8 +100,8 @@ def test_dev_serves_the_album_page_and_ctrl_c_leaves_no_orphans(tmp_path):
         assert len(children) >= 6  # five steps and the web service, each with its workers
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         process.wait(timeout=30)
-        time.sleep(0.5)
-        assert [pid for pid in children if _alive(pid)] == []
+        survivors = {pid: _cmdline(pid) for pid in children if _alive(pid)}
+        assert survivors == {}
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -8,6 +8,7 @@ dies is restarted; Ctrl-C stops everything.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -87,6 +88,9 @@ class Child:
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            # Its own process group: the child and its workers are stopped together, and a
+            # terminal's Ctrl-C reaches only `imagerec dev`, which stops them in order.
+            start_new_session=True,
             preexec_fn=_die_with_parent,
         )
 
@@ -122,15 +126,25 @@ class Child:
             time.sleep(0.3)
         return False
 
-    def stop(self) -> None:
+    def signal_stop(self) -> None:
+        """Ask the child and every process it started (its workers) to stop."""
         self._stopping.set()
         if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            _signal_group(self.process.pid, signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = 10.0) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=timeout)
+        # Whatever is left of its group (a worker slow to follow its master) goes now.
+        _signal_group(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
 
 
 class DevStack:
@@ -241,7 +255,9 @@ class DevStack:
         if self.reconciler:
             self.reconciler.stop()
         for child in self.children.values():
-            child.stop()
+            child.signal_stop()
+        for child in self.children.values():
+            child.wait_stopped()
         if self.server:
             self.server.stop()
 
