@@ -153,3 +153,21 @@ def test_other_users_albums_are_404_everywhere(ann, bob):
     assert bob.get("/api/albums/999999").json == bob.get(f"/api/albums/{album_id}").json
     body = ann.get(f"/api/albums/{album_id}").json
     assert body["album"]["name"] == "Private" and body["album"]["photoCount"] == 1
+
+
+@pytest.mark.parametrize("album_id", [0, 2**31, 10**20])
+def test_album_ids_no_row_can_have_are_404(ann, album_id):
+    # PostgreSQL's INTEGER would raise on these (an answer of 500) if they reached a query.
+    assert ann.get(f"/api/albums/{album_id}").status_code == 404
+    assert ann.get(f"/albums/{album_id}").status_code == 404
+
+
+def test_control_characters_are_dropped_from_album_names(ann):
+    album_id = ann.create_album("Holi\x00day\x07")
+    assert ann.get(f"/api/albums/{album_id}").json["album"]["name"] == "Holiday"
+
+
+def test_label_filter_with_control_characters_finds_nothing_and_does_not_fail(ann):
+    album_id = ann.create_album()
+    response = ann.get(f"/api/albums/{album_id}/images?label=Do%00g")
+    assert response.status_code == 200 and response.json["images"] == []

@@ -235,3 +235,16 @@ def test_successful_sign_in_resets_the_failure_count(backend, ann, app):
     client.api("POST", "/api/session", json={"username": "ann", "password": PASSWORD})
     with backend.session() as db:
         assert db.scalar(select(User.failed_logins).where(User.username == "ann")) == 0
+
+
+@pytest.mark.parametrize("username", ["ann\x00", "a" * 300, "<script>"])
+def test_sign_in_with_an_impossible_username_is_just_wrong(app, ann, username):
+    client = app.test_client()
+    token = client.get("/api/session").json["csrfToken"]
+    response = client.post(
+        "/api/session",
+        json={"username": username, "password": "whatever-it-is"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert response.status_code == 401
+    assert response.json["error"] == "Wrong username or password."

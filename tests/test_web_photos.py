@@ -383,3 +383,9 @@ def test_other_users_photos_are_404_everywhere(backend, ann, bob):
     assert row.status == Status.FAILED
     assert backend.blobs().exists(row.blob_key)
     assert count(backend, Image) == 1
+
+
+@pytest.mark.parametrize("image_id", ["x" * 300, "-leading-dash", "with space", "dot.jpg"])
+def test_photo_ids_that_cannot_exist_are_404(ann, image_id):
+    assert ann.get(f"/api/images/{image_id}").status_code == 404
+    assert ann.get(f"/photos/{image_id}/original").status_code == 404
