@@ -30,17 +30,20 @@ IMAGE_EVENT_TYPES = (UPLOADED, ACCEPTED, REJECTED, PROCESSED, THUMBNAILED, LABEL
 
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
-_EXTENSION_NAME = re.compile(r"^[a-z0-9]+$")
-_CORE_ATTRIBUTES = {
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "datacontenttype",
-    "dataschema",
-    "subject",
-    "time",
-}
+EXTENSION_NAME = re.compile(r"^[a-z0-9]+$")
+# The attributes the CloudEvents spec defines (all strings on the wire); any other is an extension.
+CORE_ATTRIBUTES = frozenset(
+    {
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "datacontenttype",
+        "dataschema",
+        "subject",
+        "time",
+    }
+)
 
 
 class BadEvent(ValueError):
@@ -70,11 +73,11 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
             raise BadEvent("structured CloudEvent body is not JSON") from None
         if not isinstance(envelope, dict):
             raise BadEvent("structured CloudEvent body must be a JSON object")
-        names = set(envelope) - _CORE_ATTRIBUTES - {"data", "data_base64"}
+        names = set(envelope) - CORE_ATTRIBUTES - {"data", "data_base64"}
     else:
-        names = {h[3:] for h in headers if h.startswith("ce-")} - _CORE_ATTRIBUTES
+        names = {h[3:] for h in headers if h.startswith("ce-")} - CORE_ATTRIBUTES
     for name in names:
-        if not _EXTENSION_NAME.match(name):
+        if not EXTENSION_NAME.match(name):
             raise BadEvent(f"invalid extension attribute name {name!r}: use [a-z0-9] only")
     try:
         event = from_http(headers, body)

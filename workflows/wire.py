@@ -11,31 +11,26 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import quote, unquote, urlsplit
 
-from imagerec.events import STRUCTURED, BadEvent, media_type, parse_event
+from imagerec.events import (
+    CORE_ATTRIBUTES,
+    EXTENSION_NAME,
+    STRUCTURED,
+    BadEvent,
+    media_type,
+    parse_event,
+)
 from workflows.filters import text
 
 _PASS_THROUGH = ("x-request-id", "retry-after")
 _PASS_THROUGH_PREFIXES = ("knative-", "x-b3-")
 # CE HTTP binding §3.1.3.2: space, '"', '%' and non-ASCII are percent-encoded in header values.
 _HEADER_SAFE = "".join(c for c in string.punctuation if c not in '"%')
-_ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+$")
-_STRING_ATTRIBUTES = (
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "datacontenttype",
-    "dataschema",
-    "subject",
-    "time",
-)
 
 
 @dataclass(frozen=True)
@@ -108,7 +103,7 @@ def decode(headers: Mapping[str, str], body: bytes, validate: bool = True) -> Ev
 def _check_decodable(event: Event) -> None:
     """What makes the Go SDK fail to read a message at all (a reply like this is a 502)."""
     for name in event.attributes:
-        if not _ATTRIBUTE_NAME.match(name):
+        if not EXTENSION_NAME.match(name):
             raise BadEvent(f"invalid attribute name {name!r}")
     if event.get("time") is not None:
         try:
@@ -142,7 +137,7 @@ def _decode_structured(body: bytes, headers: dict[str, str]) -> Event:
     for name, value in envelope.items():
         if name in ("data", "data_base64") or value is None:
             continue
-        if name in _STRING_ATTRIBUTES and not isinstance(value, str):
+        if name in CORE_ATTRIBUTES and not isinstance(value, str):
             raise BadEvent(f"attribute {name!r} must be a JSON string")
         if isinstance(value, dict | list):
             raise BadEvent(f"extension {name!r} must be a string, number or boolean")
