@@ -18,6 +18,8 @@ from conftest import IMAGES, ROOT
 from pipeline import start_dev_stack
 from playwright.sync_api import Browser, Page, expect
 
+from imagerec.db import session_factory
+from imagerec.models import Image, Status
 from workflows.dev import DevStack
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -251,3 +253,29 @@ def test_label_search_finds_photos_across_albums(page: Page, stack: DevStack) ->
     expect(card(page, "dog.jpg")).to_be_visible()
     expect(card(page, "eagle.jpg")).to_have_count(0)
     shot(page, "09-search")
+
+
+def test_a_failed_photo_shows_why_and_its_retry_button_finishes_it(
+    page: Page, stack: DevStack
+) -> None:
+    sign_up(page, stack)
+    create_album(page, "Retries")
+    page.set_input_files("#file-input", [IMAGES / "objects/horses.jpg"])
+    horses = card(page, "horses.jpg")
+    expect(horses).to_have_attribute("data-status", "done", timeout=PIPELINE_MS)
+    expect(horses.locator(".retry-button")).to_be_hidden()
+
+    # What the dead-letter path (record-failure) leaves behind when a step kept failing.
+    image_id = horses.get_attribute("data-image-id")
+    with session_factory(stack.settings.database_url)() as session:
+        row = session.get(Image, image_id)
+        row.status, row.reason = Status.FAILED, "detect-objects kept failing: model unavailable"
+        session.commit()
+
+    expect(horses).to_have_attribute("data-status", "failed", timeout=15_000)
+    expect(horses.locator(".reason")).to_have_text("detect-objects kept failing: model unavailable")
+    shot(page, "10-failed")
+    horses.locator(".retry-button").click()
+    expect(card(page, "horses.jpg")).to_have_attribute("data-status", "done", timeout=PIPELINE_MS)
+    expect(card(page, "horses.jpg").locator(".reason")).to_be_hidden()
+    expect(card(page, "horses.jpg").locator(".label-chip[data-label='Horse']")).to_be_visible()

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,10 @@ def build(folder: Path) -> list[dict[str, Any]]:
             "pykustomize is missing: make test-setup installs it "
             "(pip install --ignore-requires-python pykustomize)"
         )
-    result = asyncio.run(pykustomize.build(str(folder)))
+    # In a thread of its own: Playwright's sync API (the browser tests) keeps an event loop
+    # running in the main thread for the rest of the session, where asyncio.run() refuses.
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(asyncio.run, pykustomize.build(str(folder))).result()
     return [doc for doc in yaml.safe_load_all(result.yaml) if doc]
 
 
