@@ -29,7 +29,9 @@ log = logging.getLogger("imagerec.record_failure")
 MAX_DETAIL = 300
 
 
-def _record_failure(event: CloudEvent) -> None:
+@functions_framework.http
+@cloudevent_step
+def record_failure(event: CloudEvent) -> None:
     image_id = event.get("subject")
     reason = failure_reason(event)
     if not image_id:
@@ -94,6 +96,3 @@ def _decode_body(value: object) -> str:
         text = base64.b64decode(text, validate=True).decode("utf-8", errors="replace")
     first_line = (text.strip().splitlines() or [""])[0].strip()
     return first_line[:MAX_DETAIL]
-
-
-record_failure = functions_framework.http(cloudevent_step(_record_failure))

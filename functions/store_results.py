@@ -25,7 +25,9 @@ SOURCE = "/functions/store-results"
 OUTCOMES = {LABELLED: Status.DONE, REJECTED: Status.REJECTED}
 
 
-def _store_results(event: CloudEvent) -> CloudEvent:
+@functions_framework.http
+@cloudevent_step
+def store_results(event: CloudEvent) -> CloudEvent:
     if event["type"] not in OUTCOMES:
         raise BadEvent(f"store-results takes {LABELLED} or {REJECTED}, not {event['type']}")
     data = event_data(event)
@@ -124,6 +126,3 @@ def _same_photo_in_album(session: Session, data: dict[str, Any]) -> str | None:
 def _without_results(data: dict[str, Any]) -> dict[str, Any]:
     dropped = {"metadata", "thumbnailKey", "detections", "labels", "model"}
     return {key: value for key, value in data.items() if key not in dropped}
-
-
-store_results = functions_framework.http(cloudevent_step(_store_results))
