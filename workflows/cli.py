@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("upload", help="upload photos into an album", add_help=False)
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Alembic announces each of its plugins at INFO when first imported: noise in every command.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     settings = load_settings()
 
     if args.command == "upload":
