@@ -266,3 +266,18 @@ def test_app_does_not_migrate_at_creation(tmp_path):
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     create_app({"TESTING": True, "SECRET_KEY": "x", "DATABASE_URL": url, "BLOB_URL": str(tmp_path)})
     assert not (tmp_path / "fresh.db").exists()
+
+
+def test_a_request_over_the_whole_limit_is_413_before_it_is_read(backend):
+    app = make_app(backend, MAX_UPLOAD_BYTES=1000)
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    assert limit == 1000 * 20 + 1024 * 1024
+    client = app.test_client()
+    token = client.get("/api/session").json["csrfToken"]
+    response = client.post(
+        "/api/session",
+        data=b"{" + b" " * limit + b"}",
+        headers={"X-CSRF-Token": token, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert "larger than the limit" in response.json["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -69,7 +70,17 @@ def test_signin_form_then_next(app, ann):
     assert response.status_code == 302 and response.headers["Location"] == "/albums/1"
 
 
-@pytest.mark.parametrize("target", ["//evil.example/", "/\\evil.example/", "https://evil.example/"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.example/",
+        "/\\evil.example/",
+        "https://evil.example/",
+        "/\t/evil.example/",  # a browser drops the tab: //evil.example/
+        "/\n/evil.example/",
+        "/\r/evil.example/",
+    ],
+)
 def test_signin_never_redirects_off_site(app, ann, target):
     client, token = _form_client(app)
     response = client.post(
@@ -248,3 +259,46 @@ def test_sign_in_with_an_impossible_username_is_just_wrong(app, ann, username):
     )
     assert response.status_code == 401
     assert response.json["error"] == "Wrong username or password."
+
+
+def test_guesses_sent_in_parallel_all_count_toward_the_lockout(backend):
+    app = make_app(backend, LOGIN_MAX_FAILURES=5, LOGIN_LOCKOUT_SECONDS=600)
+    eve = Account(app.test_client(), "eve")
+    eve.refresh_csrf()
+    signed_up = eve.api("POST", "/api/users", json={"username": "eve", "password": PASSWORD})
+    assert signed_up.status_code == 201
+
+    def guess(_: int) -> int:
+        client = Account(app.test_client(), "eve")
+        client.refresh_csrf()
+        wrong = {"username": "eve", "password": "wrong pass"}
+        return client.api("POST", "/api/session", json=wrong).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(guess, range(16)))
+    assert set(statuses) <= {401, 429}
+    with backend.session() as db:
+        assert db.scalar(select(User.locked_until).where(User.username == "eve")) is not None
+    client = Account(app.test_client(), "eve")
+    client.refresh_csrf()
+    right = {"username": "eve", "password": PASSWORD}
+    assert client.api("POST", "/api/session", json=right).status_code == 429
+
+
+@pytest.mark.parametrize("url", ["/api/session", "/api/users"])
+def test_a_password_that_is_not_unicode_text_is_400(app, url):
+    client = Account(app.test_client(), "x")
+    client.refresh_csrf()
+    body = '{"username": "zed", "password": "abc\\ud800defghij"}'  # a lone surrogate
+    response = client.api("POST", url, data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert "not valid Unicode" in response.json["error"]
+
+
+def test_an_unreachable_database_is_503_not_500(backend):
+    app = make_app(backend, DATABASE_URL="postgresql://postgres@127.0.0.1:1/none")
+    client = Account(app.test_client(), "ann")
+    client.refresh_csrf()
+    response = client.api("POST", "/api/session", json={"username": "ann", "password": PASSWORD})
+    assert response.status_code == 503
+    assert response.json["error"] == "The database is unreachable; try again shortly."

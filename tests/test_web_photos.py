@@ -389,3 +389,28 @@ def test_other_users_photos_are_404_everywhere(backend, ann, bob):
 def test_photo_ids_that_cannot_exist_are_404(ann, image_id):
     assert ann.get(f"/api/images/{image_id}").status_code == 404
     assert ann.get(f"/photos/{image_id}/original").status_code == 404
+
+
+@pytest.mark.parametrize("claimed", ["image/" + "x" * 400, "image/jp\x00eg", "not a type"])
+def test_a_nonsense_content_type_is_not_kept(backend, ann, claimed):
+    album_id = ann.create_album()
+    response = ann.api(
+        "POST",
+        f"/api/albums/{album_id}/images",
+        data={"file": (io.BytesIO(DOG.read_bytes()), "dog.jpg", claimed)},
+    )
+    assert response.status_code == 201, response.json
+    image = response.json["images"][0]
+    assert image["contentType"] is None
+    with backend.session() as db:
+        assert db.get(Image, image["id"]).content_type is None
+
+
+def test_a_plain_content_type_is_kept_to_show(ann):
+    album_id = ann.create_album()
+    response = ann.api(
+        "POST",
+        f"/api/albums/{album_id}/images",
+        data={"file": (io.BytesIO(DOG.read_bytes()), "dog.jpg", "image/jpeg")},
+    )
+    assert response.json["images"][0]["contentType"] == "image/jpeg"

@@ -57,9 +57,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         # Only now: the key file lives in the data folder, which a test config may not want made.
         app.config["SECRET_KEY"] = settings.secret_key
     # Room for a batch of files plus the form around them; each file is checked on its own.
-    app.config.setdefault(
-        "MAX_CONTENT_LENGTH", app.config["MAX_UPLOAD_BYTES"] * MAX_FILES_PER_REQUEST + 1024 * 1024
-    )
+    # (Flask's defaults hold MAX_CONTENT_LENGTH = None, so setdefault would change nothing.)
+    if app.config.get("MAX_CONTENT_LENGTH") is None:
+        app.config["MAX_CONTENT_LENGTH"] = (
+            app.config["MAX_UPLOAD_BYTES"] * MAX_FILES_PER_REQUEST + 1024 * 1024
+        )
     app.session_interface = _SessionInterface()
     # Knative's queue-proxy and ingress terminate TLS and say so in X-Forwarded-Proto.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_proto=1)  # type: ignore[method-assign]

@@ -6,15 +6,23 @@ answer 404 exactly like missing ones.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import sqlalchemy.exc
 from flask import Blueprint, Flask, g, jsonify, render_template, request, session
-from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+)
 
 from web import auth, library
 from web.auth import login_required
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+log = logging.getLogger("imagerec.web")
 
 
 def _json_body() -> dict[str, Any]:
@@ -28,6 +36,10 @@ def _text(body: dict[str, Any], field: str) -> str:
     value = body.get(field)
     if not isinstance(value, str):
         raise BadRequest(f"The field {field!r} is required and must be a string.")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # JSON may carry a lone surrogate ("\ud800"): not text
+        raise BadRequest(f"The field {field!r} is not valid Unicode text.") from None
     return value
 
 
@@ -195,5 +207,12 @@ def handle_http_error(error: HTTPException):
     return render_template("error.html", error=error), error.code or 500
 
 
+def handle_database_down(error: sqlalchemy.exc.SQLAlchemyError):
+    log.error("database unavailable: %s", error)
+    return handle_http_error(ServiceUnavailable("The database is unreachable; try again shortly."))
+
+
 def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_error)
+    for error in (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError):
+        app.register_error_handler(error, handle_database_down)

@@ -22,7 +22,7 @@ from flask import (
     session,
     url_for,
 )
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -119,18 +119,31 @@ def sign_in(username: str, password: str) -> User:
         check_password_hash(_DUMMY_HASH, password)
         raise SignInRefused("Wrong username or password.")
     if not check_password_hash(user.password_hash, password):
-        user.failed_logins = (user.failed_logins or 0) + 1
-        if user.failed_logins >= current_app.config["LOGIN_MAX_FAILURES"]:
-            lock = timedelta(seconds=current_app.config["LOGIN_LOCKOUT_SECONDS"])
-            user.locked_until = now + lock
-            user.failed_logins = 0
-        db.commit()
+        _count_failure(user, now)
         raise SignInRefused("Wrong username or password.")
     user.failed_logins = 0
     user.locked_until = None
     db.commit()
     start_session(user)
     return user
+
+
+def _count_failure(user: User, now: datetime) -> None:
+    """One more failed sign-in; the count is incremented by the database itself, so that
+    guesses sent in parallel each count and cannot overwrite one another's."""
+    db = get_session()
+    failures = db.scalar(
+        update(User)
+        .where(User.id == user.id)
+        .values(failed_logins=User.failed_logins + 1)
+        .returning(User.failed_logins)
+    )
+    if failures is not None and failures >= current_app.config["LOGIN_MAX_FAILURES"]:
+        lock = timedelta(seconds=current_app.config["LOGIN_LOCKOUT_SECONDS"])
+        db.execute(
+            update(User).where(User.id == user.id).values(locked_until=now + lock, failed_logins=0)
+        )
+    db.commit()
 
 
 def start_session(user: User) -> None:
@@ -141,8 +154,14 @@ def start_session(user: User) -> None:
 
 
 def _safe_next(target: str | None) -> str:
-    # Browsers read /\host like //host: only plain same-site paths are followed.
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+    # Browsers read /\host like //host, and drop tabs and newlines (/<TAB>/host is //host):
+    # only plain same-site paths are followed.
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith(("//", "/\\"))
+        and all(c.isprintable() and not c.isspace() for c in target)
+    ):
         return target
     return url_for("albums.index")
 

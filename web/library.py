@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import current_app, g, url_for
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import selectinload
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import (
@@ -39,6 +39,8 @@ log = logging.getLogger("imagerec.web")
 
 MAX_ALBUM_NAME = 100
 MAX_ROW_ID = 2**31 - 1  # an INTEGER key; anything larger cannot name a row
+# type/subtype of RFC 6838 restricted-name characters, as werkzeug lowercases it (no parameters).
+MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
 IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # as the uploaded event's schema
 
 
@@ -208,7 +210,7 @@ def upload(album: Album, file: FileStorage) -> Image:
         album_id=album.id,
         blob_key=key,
         file_name=file_name,
-        content_type=(file.mimetype or None),
+        content_type=_claimed_type(file.mimetype),
         size=len(data),
         content_hash=content_hash,
         status=Status.UPLOADED,
@@ -225,6 +227,10 @@ def upload(album: Album, file: FileStorage) -> Image:
         if existing is None:
             raise
         raise Duplicate(file_name, existing) from None
+    except SQLAlchemyError:
+        db.rollback()
+        _delete_blobs([key])  # no row will ever name it
+        raise
     start_workflow(image)
     return image
 
@@ -274,6 +280,11 @@ def _delete_blobs(keys: list[str]) -> None:
             blobs.delete(key)
         except (BlobStoreUnavailable, ValueError) as e:
             log.warning("could not delete blob %s: %s", key, e)
+
+
+def _claimed_type(mimetype: str) -> str | None:
+    """The client's content type, kept only to show; None unless it looks like a media type."""
+    return mimetype if MEDIA_TYPE.match(mimetype) else None
 
 
 def printable(text: str) -> str:
