@@ -25,6 +25,7 @@ from cloudevents.http import CloudEvent
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imagerec.events import LABELLED, THUMBNAILED, BadEvent, event_data, new_event
+from imagerec.pixels import displayable
 from imagerec.steps import Refused, Unavailable, blob_store, cloudevent_step, settings
 
 log = logging.getLogger("imagerec.detect_objects")
@@ -159,7 +160,7 @@ def _decode(original: bytes) -> Image.Image:
     factor = max(image.size) // MAX_SIDE
     if factor > 1:  # what draft() could not shrink (PNG, WebP, HEIC): a cheap box filter
         image = image.reduce(factor)
-    return image.convert("RGB")
+    return displayable(image).convert("RGB")
 
 
 def _shrunk(size: tuple[int, int], longest: int) -> tuple[int, int]:

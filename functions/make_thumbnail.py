@@ -20,14 +20,13 @@ from PIL import Image, ImageOps
 
 from imagerec.blobstore import thumbnail_key
 from imagerec.events import ACCEPTED, THUMBNAILED, BadEvent, event_data, new_event
+from imagerec.pixels import displayable
 from imagerec.steps import Refused, blob_store, cloudevent_step, settings
 
 SOURCE = "/functions/make-thumbnail"
 log = logging.getLogger("imagerec.make_thumbnail")
 
 pillow_heif.register_heif_opener()
-
-_TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @functions_framework.http
@@ -64,25 +63,10 @@ def _thumbnail(original: bytes, size: int) -> bytes:
         # nothing turns twice.
         ImageOps.exif_transpose(image, in_place=True)
         # Convert before resizing: Pillow resamples 16-bit greyscale wrongly.
-        thumbnail = _jpeg_ready(image)
+        thumbnail = displayable(image)
         thumbnail.thumbnail((size, size), Image.Resampling.LANCZOS)
         # Keep the colour profile (phones shoot Display P3) unless the colour space changed.
         icc_profile = image.info.get("icc_profile") if thumbnail.mode == image.mode else None
         out = io.BytesIO()
         thumbnail.save(out, "JPEG", quality=85, optimize=True, icc_profile=icc_profile)
     return out.getvalue()
-
-
-def _jpeg_ready(image: Image.Image) -> Image.Image:
-    """The image in a mode JPEG can store: transparency flattened onto white, 16-bit scaled."""
-    if image.mode in ("RGB", "L"):
-        return image
-    if image.mode in _TRANSPARENT_MODES or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, "white")
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    if image.mode.startswith("I"):
-        # 16-bit greyscale: convert() would clip everything above 255 to white.
-        return image.convert("I").point(lambda value: value / 256).convert("L")
-    return image.convert("RGB")

@@ -171,6 +171,18 @@ def test_every_supported_format_is_read(client, embedded, tmp_path, image_format
     assert "Dog" in {d["label"] for d in labelled["detections"]}
 
 
+def test_a_16_bit_greyscale_png_is_seen_as_it_looks(client, embedded, tmp_path):
+    # Pillow's convert("RGB") clips 16-bit values to white: the detector would see nothing.
+    wide = tmp_path / "dog-16bit.png"
+    with Image.open(IMAGES / "objects" / "dog.jpg") as image:
+        grey = image.convert("L").convert("I").point(lambda value: value * 257)
+        grey.convert("I;16").save(wide)
+
+    labelled = detect(client, embedded, wide).data
+
+    assert "Dog" in {d["label"] for d in labelled["detections"]}
+
+
 def test_a_phones_heic_is_read(client, embedded):
     labelled = detect(client, embedded, IMAGES / "exif" / "iphone11_gps.heic").data
 
