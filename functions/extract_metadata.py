@@ -25,12 +25,11 @@ import functions_framework
 import pillow_heif
 from cloudevents.http import CloudEvent
 from PIL import Image
-from sqlalchemy import select
 
 from imagerec import models
 from imagerec.events import ACCEPTED, REJECTED, UPLOADED, BadEvent, event_data, new_event
 from imagerec.formats import sniff_format
-from imagerec.images import register_upload, set_status
+from imagerec.images import duplicate_reason, register_upload, same_photo_in_album
 from imagerec.steps import blob_store, cloudevent_step, db_session, settings
 
 SOURCE = "/functions/extract-metadata"
@@ -71,8 +70,10 @@ def extract_metadata(event: CloudEvent) -> CloudEvent:
     blobs = blob_store()
     with db_session() as session:
         # An outside emitter's upload has no row yet; unknown user, album or blob -> 422.
-        register_upload(session, data, blobs)
-        set_status(session, data["imageId"], models.Status.PROCESSING)
+        image = register_upload(session, data, blobs)
+        # A redelivery must not turn a finished photo back into one in progress.
+        if image.status == models.Status.UPLOADED:
+            image.status = models.Status.PROCESSING
         session.commit()
     original = blobs.get(data["blobKey"])
     try:
@@ -186,15 +187,9 @@ def _unsupported(original: bytes) -> str:
 
 def _refuse_duplicate(data: dict[str, Any], content_hash: str) -> None:
     with db_session() as session:
-        twin = session.scalars(
-            select(models.Image).where(
-                models.Image.album_id == data["albumId"],
-                models.Image.content_hash == content_hash,
-                models.Image.id != data["imageId"],
-            )
-        ).first()
-    if twin is not None:
-        raise _Unacceptable(f"This photo is already in the album as {twin.file_name}.")
+        twin = same_photo_in_album(session, data["imageId"], data["albumId"], content_hash)
+        if twin is not None:
+            raise _Unacceptable(duplicate_reason(twin))
 
 
 # --- EXIF: raw values by name from each library, then parsed and checked field by field.

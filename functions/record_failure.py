@@ -13,14 +13,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import logging
 from urllib.parse import urlparse
 
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from imagerec.events import PROCESSED
-from imagerec.images import set_status
 from imagerec.models import Image, Status
 from imagerec.steps import cloudevent_step, db_session
 
@@ -44,15 +43,36 @@ def record_failure(event: CloudEvent) -> None:
             log.warning(
                 "dead letter for unknown image %s (%s): %s", image_id, event["type"], reason
             )
-        elif event["type"] == PROCESSED and image.status in (Status.DONE, Status.REJECTED):
-            # The outcome is stored; only announcing it failed. Do not hide a finished photo.
+        elif not _about(image, event):
+            # E.g. an emitter's event naming someone else's image id, refused upstream.
+            log.warning("dead letter %s does not match image %s: %s", event["id"], image_id, reason)
+        elif image.status not in (Status.UPLOADED, Status.PROCESSING):
+            # A finished photo stays finished: this is a stale redelivery, or only announcing
+            # the outcome (dev.imagerec.image.processed) failed.
             log.warning(
-                "image %s is %s; its processed event was lost: %s", image_id, image.status, reason
+                "image %s is %s; dead letter %s: %s", image_id, image.status, event["type"], reason
             )
         else:
             log.warning("image %s failed: %s", image_id, reason)
-            set_status(session, image_id, Status.FAILED, reason)
+            image.status, image.reason = Status.FAILED, reason
     return None
+
+
+def _about(image: Image, event: CloudEvent) -> bool:
+    """False when the dead event names another owner, album or original than the image's.
+
+    Data a step could not read at all (the reason it died) names nothing, so it counts.
+    """
+    data = event.data
+    if isinstance(data, bytes | str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return True
+    if not isinstance(data, dict):
+        return True
+    named = {"userId": image.user_id, "albumId": image.album_id, "blobKey": image.blob_key}
+    return all(data[field] == value for field, value in named.items() if field in data)
 
 
 def failure_reason(event: CloudEvent) -> str:

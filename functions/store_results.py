@@ -17,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from imagerec.events import LABELLED, PROCESSED, REJECTED, BadEvent, event_data, new_event
-from imagerec.images import register_upload
+from imagerec.images import duplicate_reason, same_photo_in_album, stored_image
 from imagerec.models import Detection, Image, Status
-from imagerec.steps import blob_store, cloudevent_step, db_session
+from imagerec.steps import cloudevent_step, db_session
 
 SOURCE = "/functions/store-results"
 OUTCOMES = {LABELLED: Status.DONE, REJECTED: Status.REJECTED}
@@ -33,18 +33,18 @@ def store_results(event: CloudEvent) -> CloudEvent:
     data = event_data(event)
     status = OUTCOMES[event["type"]]
     with db_session() as session, session.begin():
-        # An outside emitter's image may have no row yet; this refuses unknown users/albums.
-        image = register_upload(session, data, blob_store())
+        # extract-metadata made the row; without it the photo was deleted meanwhile (-> 422).
+        image = stored_image(session, data)
         # Duplicate deliveries may run at once: one at a time per image, so that two never
         # both add the detection rows (PostgreSQL; SQLite serialises writers anyway).
         session.refresh(image, with_for_update=True)
-        twin = _same_photo_in_album(session, data)
-        if twin is not None:
+        content_hash = (data.get("metadata") or {}).get("contentHash")
+        twin = content_hash and same_photo_in_album(
+            session, data["imageId"], data["albumId"], content_hash
+        )
+        if twin:
             status = Status.REJECTED
-            data = {
-                **_without_results(data),
-                "reason": f"the same photo is already in this album as image {twin}",
-            }
+            data = {**_without_results(data), "reason": duplicate_reason(twin)}
         _write_image(image, data, status)
         _replace_detections(session, image, data.get("detections", []))
     processed = {"imageId": data["imageId"], "status": str(status)}
@@ -107,20 +107,6 @@ def _replace_detections(session: Session, image: Image, detections: list[dict]) 
         row.label = detection["label"]
         row.score = detection["score"]
         row.box_ymin, row.box_xmin, row.box_ymax, row.box_xmax = detection["box"]
-
-
-def _same_photo_in_album(session: Session, data: dict[str, Any]) -> str | None:
-    """Another image of the album with the same bytes (one photo is kept once per album)."""
-    content_hash = (data.get("metadata") or {}).get("contentHash")
-    if content_hash is None:
-        return None
-    return session.scalar(
-        select(Image.id).where(
-            Image.album_id == data["albumId"],
-            Image.content_hash == content_hash,
-            Image.id != data["imageId"],
-        )
-    )
 
 
 def _without_results(data: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,10 @@ class BlobNotFound(KeyError):
     """No blob under that key; not worth retrying."""
 
 
+class InvalidBlobKey(ValueError):
+    """Not a key this store makes or accepts (an event's mistake, not worth retrying)."""
+
+
 class BlobStoreUnavailable(RuntimeError):
     """The store could not be reached; worth retrying."""
 
@@ -45,8 +49,9 @@ def thumbnail_key(original: str) -> str:
 
 
 def check_key(key: str) -> str:
-    if len(key) > 512 or not _KEY.match(key) or ".." in key:
-        raise ValueError(f"invalid blob key {key!r}")
+    # Each segment is a file or folder name in the folder backend: keep under NAME_MAX (255).
+    if len(key) > 512 or not _KEY.match(key) or ".." in key or max(map(len, key.split("/"))) > 200:
+        raise InvalidBlobKey(f"invalid blob key {key!r}")
     return key
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -69,20 +70,31 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
     if kind == STRUCTURED:
         try:
             envelope = json.loads(body or b"null")
-        except ValueError:
-            raise BadEvent("structured CloudEvent body is not JSON") from None
+        except (ValueError, RecursionError):
+            raise BadEvent(
+                "structured CloudEvent body is not JSON (or nested too deeply)"
+            ) from None
         if not isinstance(envelope, dict):
             raise BadEvent("structured CloudEvent body must be a JSON object")
+        for name in CORE_ATTRIBUTES & set(envelope):
+            if envelope[name] is not None and not isinstance(envelope[name], str):
+                raise BadEvent(f"attribute {name!r} must be a JSON string")
         names = set(envelope) - CORE_ATTRIBUTES - {"data", "data_base64"}
     else:
         names = {h[3:] for h in headers if h.startswith("ce-")} - CORE_ATTRIBUTES
     for name in names:
         if not EXTENSION_NAME.match(name):
             raise BadEvent(f"invalid extension attribute name {name!r}: use [a-z0-9] only")
+    # Checked before from_http, which fills in `time` = now when the event has none.
+    sent_time = envelope.get("time") if kind == STRUCTURED else headers.get("ce-time")
+    if sent_time is not None and not is_rfc3339(sent_time):
+        raise BadEvent(f"time is not an RFC 3339 timestamp: {sent_time!r}")
     try:
         event = from_http(headers, body)
     except cloudevents.exceptions.GenericException as e:
         raise BadEvent(f"malformed CloudEvent: {_first_line(e)}") from None
+    except RecursionError:
+        raise BadEvent("CloudEvent data is nested too deeply") from None
     for attribute in ("id", "source", "type"):
         if not str(event.get(attribute) or "").strip():
             raise BadEvent(f"CloudEvent attribute {attribute!r} is missing or blank")
@@ -91,14 +103,23 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
     return event
 
 
+def is_rfc3339(value: str) -> bool:
+    """A timestamp as CloudEvents' `time` needs it: date, 'T', time, and an offset or Z."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return False
+    return moment.tzinfo is not None and "T" in value.upper()
+
+
 def event_data(event: CloudEvent) -> dict[str, Any]:
     """The event's JSON data, checked against the published schema of its type."""
     data = event.data
     if isinstance(data, bytes | str):
         try:
             data = json.loads(data or "null")
-        except ValueError:
-            raise BadEvent("event data is not JSON") from None
+        except (ValueError, RecursionError):
+            raise BadEvent("event data is not JSON, or too deep") from None
     if not isinstance(data, dict):
         raise BadEvent("event data must be a JSON object")
     schema = event_schema(event["type"]) if event["type"] in IMAGE_EVENT_TYPES else None

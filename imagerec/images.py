@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import select
@@ -9,6 +10,8 @@ from sqlalchemy.orm import Session
 
 from imagerec.blobstore import BlobStore
 from imagerec.models import Album, Image, Status, User
+
+_EXTENSION = re.compile(r"^[A-Za-z0-9]{1,10}$")
 
 
 class UnknownOwner(LookupError):
@@ -22,9 +25,14 @@ def register_upload(session: Session, data: dict[str, Any], blobs: BlobStore) ->
     """
     image = session.get(Image, data["imageId"])
     if image is not None:
-        if image.user_id != data["userId"] or image.album_id != data["albumId"]:
-            raise UnknownOwner(f"image {data['imageId']} belongs to another user or album")
+        _check_same_upload(image, data)
         return image
+    # The key names its owner, so an event cannot claim another user's original as its own.
+    owned = f"{data['userId']}/{data['albumId']}/{data['imageId']}."
+    if not (data["blobKey"].startswith(owned) and _EXTENSION.match(data["blobKey"][len(owned) :])):
+        raise UnknownOwner(
+            f"blob key {data['blobKey']!r} is not <userId>/<albumId>/<imageId>.<ext> of this event"
+        )
     if session.get(User, data["userId"]) is None:
         raise UnknownOwner(f"no user {data['userId']}")
     album = session.get(Album, data["albumId"])
@@ -45,6 +53,40 @@ def register_upload(session: Session, data: dict[str, Any], blobs: BlobStore) ->
     session.add(image)
     session.flush()
     return image
+
+
+def stored_image(session: Session, data: dict[str, Any]) -> Image:
+    """The image row a later step's event is about: it must exist (a deleted photo is not
+    brought back by a late event) and match the event's owner and original."""
+    image = session.get(Image, data["imageId"])
+    if image is None:
+        raise UnknownOwner(f"no image {data['imageId']}: never uploaded, or deleted since")
+    _check_same_upload(image, data)
+    return image
+
+
+def _check_same_upload(image: Image, data: dict[str, Any]) -> None:
+    if image.user_id != data["userId"] or image.album_id != data["albumId"]:
+        raise UnknownOwner(f"image {data['imageId']} belongs to another user or album")
+    if image.blob_key != data["blobKey"]:
+        raise UnknownOwner(f"image {data['imageId']} is stored under another blob key")
+
+
+def same_photo_in_album(
+    session: Session, image_id: str, album_id: int, content_hash: str
+) -> Image | None:
+    """Another image of the album with the same bytes: a photo is kept once per album."""
+    return session.scalars(
+        select(Image).where(
+            Image.album_id == album_id,
+            Image.content_hash == content_hash,
+            Image.id != image_id,
+        )
+    ).first()
+
+
+def duplicate_reason(twin: Image) -> str:
+    return f"This photo is already in the album as {twin.file_name}."
 
 
 def set_status(session: Session, image_id: str, status: Status, reason: str | None = None) -> bool:

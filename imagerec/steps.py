@@ -5,7 +5,7 @@ A step is a function `CloudEvent -> CloudEvent | None`; `cloudevent_step` turns 
 functions-framework HTTP entry point that answers
   200 + the reply CloudEvent (binary mode)  -> Knative forwards it (Broker or next step)
   202, empty                                -> done, nothing to forward
-  400 short text                            -> malformed event: not retried, dead-lettered
+  400 short text                            -> malformed event or key: not retried, dead-lettered
   422 short text                            -> refers to something that does not exist: not retried
   503 short text                            -> a store is unreachable: Knative retries with backoff
 """
@@ -21,7 +21,13 @@ import sqlalchemy.exc
 from cloudevents.http import CloudEvent
 from sqlalchemy.orm import Session
 
-from imagerec.blobstore import BlobNotFound, BlobStore, BlobStoreUnavailable, open_blob_store
+from imagerec.blobstore import (
+    BlobNotFound,
+    BlobStore,
+    BlobStoreUnavailable,
+    InvalidBlobKey,
+    open_blob_store,
+)
 from imagerec.config import Settings, load_settings
 from imagerec.db import session_factory
 from imagerec.events import BadEvent, encode, parse_event
@@ -79,7 +85,7 @@ def cloudevent_step(
                 "%s: %s %s (id %s)", step.__name__, event["type"], event.get("subject"), event["id"]
             )
             reply = step(event)
-        except BadEvent as e:
+        except (BadEvent, InvalidBlobKey) as e:
             return _plain(400, f"bad event: {e}")
         except (Refused, UnknownOwner, BlobNotFound) as e:
             return _plain(422, f"refused: {_describe(e)}")

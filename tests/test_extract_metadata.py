@@ -428,6 +428,96 @@ def test_an_event_naming_what_does_not_exist_is_a_422_and_stores_nothing(
         assert session.scalars(select(Image)).all() == []
 
 
+def test_an_event_claiming_another_users_original_is_a_422_and_stores_nothing(
+    configured, client, owner
+):
+    victim = upload(configured, "exif/canon_40d.jpg", owner)
+    intruder_user, intruder_album = make_owner(configured)
+    claim = {**victim, "userId": intruder_user, "albumId": intruder_album, "imageId": "intruder1"}
+
+    message = _assert_refused(post_event(client, event_for(claim)), 422)
+
+    assert "<userId>/<albumId>/<imageId>.<ext>" in message
+    with configured.session() as session:
+        assert session.scalars(select(Image)).all() == []
+
+
+def test_a_known_image_announced_under_another_key_is_a_422(configured, client, owner):
+    data = upload(configured, "exif/canon_40d.jpg", owner)
+    reply_data(post_event(client, event_for(data)))
+    other = upload(configured, "objects/dog.jpg", owner)
+
+    message = _assert_refused(
+        post_event(client, event_for({**data, "blobKey": other["blobKey"]})), 422
+    )
+
+    assert "another blob key" in message
+    with configured.session() as session:
+        assert session.get(Image, data["imageId"]).blob_key == data["blobKey"]
+
+
+def test_a_redelivered_upload_leaves_a_finished_photo_finished(configured, client, owner):
+    data = upload(configured, "exif/canon_40d.jpg", owner)
+    reply_data(post_event(client, event_for(data)))
+    with configured.session() as session:
+        session.get(Image, data["imageId"]).status = Status.DONE
+        session.commit()
+
+    assert reply_event(post_event(client, event_for(data)))["type"] == ACCEPTED
+
+    with configured.session() as session:
+        assert session.get(Image, data["imageId"]).status == Status.DONE
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("userId", 2**63),
+        ("albumId", 2**31),
+        ("size", 10**20),
+        ("blobKey", "1/1/a..b.jpg"),
+        ("fileName", "nul\x00.jpg"),
+        ("contentType", "image/jpeg\x00"),
+    ],
+)
+def test_values_no_store_can_hold_are_a_400(configured, client, owner, field, value):
+    data = upload(configured, "exif/canon_40d.jpg", owner)
+
+    message = _assert_refused(post_event(client, event_for({**data, field: value})), 400)
+
+    assert field in message
+
+
+def test_deeply_nested_data_is_a_400(configured, client):
+    body = b'{"specversion": "1.0", "id": "1", "source": "/t", "type": "x", "data": '
+    body += b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = client.post("/", data=body, content_type="application/cloudevents+json")
+    _assert_refused(response, 400)
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [{"time": "yesterday"}, {"time": "2026-12-02 10:00:00"}, {"id": 42}],
+    ids=["time-words", "time-without-offset", "numeric-id"],
+)
+def test_attributes_the_broker_would_refuse_are_a_400(configured, client, owner, attributes):
+    data = upload(configured, "exif/canon_40d.jpg", owner)
+    envelope = {
+        "specversion": "1.0",
+        "id": "e1",
+        "source": "/t",
+        "type": UPLOADED,
+        "subject": data["imageId"],
+        "datacontenttype": "application/json",
+        "data": data,
+        **attributes,
+    }
+    response = client.post(
+        "/", data=json.dumps(envelope), content_type="application/cloudevents+json"
+    )
+    _assert_refused(response, 400)
+
+
 def test_readiness_probe_answers_get(configured, client):
     assert client.get("/").status_code == 200
 

@@ -147,6 +147,31 @@ def test_a_lost_processed_event_does_not_hide_a_finished_photo(client, configure
     assert status_of(configured, upload["imageId"]) == (Status.DONE, None)
 
 
+@pytest.mark.parametrize("finished", [Status.DONE, Status.REJECTED, Status.FAILED])
+def test_a_stale_dead_letter_leaves_a_finished_photo_as_it_is(client, configured, upload, finished):
+    with configured.session() as session:
+        image = session.get(Image, upload["imageId"])
+        image.status, image.reason = finished, "as it was"
+        session.commit()
+
+    event = dead_letter(upload, upload["imageId"], knativeerrorcode=503, knativeerrordata=b64("x"))
+    assert_acknowledged(post_event(client, event))
+
+    assert status_of(configured, upload["imageId"]) == (finished, "as it was")
+
+
+@pytest.mark.parametrize("field", ["userId", "albumId", "blobKey"])
+def test_a_dead_letter_naming_another_owner_does_not_touch_the_image(
+    client, configured, upload, field
+):
+    forged = {**upload, field: 424242 if field != "blobKey" else "9/9/forged.jpg"}
+    event = dead_letter(forged, upload["imageId"], knativeerrorcode=422, knativeerrordata=b64("x"))
+
+    assert_acknowledged(post_event(client, event))
+
+    assert status_of(configured, upload["imageId"]) == (Status.UPLOADED, None)
+
+
 def test_the_same_dead_letter_twice_is_harmless(client, configured, upload):
     event = event_for(upload)
     event["knativeerrorcode"] = 504

@@ -32,6 +32,7 @@ from imagerec.events import (
     encode,
     parse_event,
 )
+from imagerec.images import register_upload
 from imagerec.models import Detection, Image
 
 STEPS = ("extract_metadata", "make_thumbnail", "detect_objects", "store_results")
@@ -174,14 +175,20 @@ def test_each_step_serves_alone_under_the_functions_framework_command(
         assert "Dog" in {label["label"] for label in labelled.data["labels"]}
         processed = post(store_results, labelled, structured=True)
         assert processed.data == {"imageId": data["imageId"], "status": "done"}
-        dead = event_for(data, UPLOADED)
-        headers, body = encode(dead)
+        # A second photo whose uploaded event ran out of retries (no error extensions).
+        stuck = put_original(embedded_backend, IMAGES / BAD["file"], *owner)
+        with embedded_backend.session() as session:
+            register_upload(session, stuck, embedded_backend.blobs())
+            session.commit()
+        headers, body = encode(event_for(stuck, UPLOADED))
         response = requests.post(record_failure, data=body, headers=headers, timeout=30)
         assert (response.status_code, response.content) == (202, b"")
 
     row = dump(embedded_backend, data["imageId"])
-    assert (row["status"], row["reason"]) == ("failed", "a step did not answer in time")
+    assert (row["status"], row["reason"]) == ("done", None)
     assert len(row["detections"]) == len(labelled.data["detections"])
+    failed = dump(embedded_backend, stuck["imageId"])
+    assert (failed["status"], failed["reason"]) == ("failed", "a step did not answer in time")
 
 
 def post(url: str, event: CloudEvent, structured: bool = False) -> CloudEvent:

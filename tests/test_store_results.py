@@ -204,41 +204,50 @@ def test_rejected_event_records_the_reason(client, configured, upload):
     assert row["content_hash"] is None and row["thumbnail_key"] is None
 
 
-def test_an_image_without_a_row_is_registered(client, configured):
-    """An outside emitter's photo: the blob exists, the row does not yet."""
-    user_id, album_id = make_owner(configured)
-    data = put_original(configured, IMAGES / PHOTO, user_id, album_id)
+def test_a_late_outcome_for_a_deleted_photo_is_refused_and_does_not_bring_it_back(
+    client, configured, upload
+):
+    with configured.session() as session:
+        session.delete(session.get(Image, upload["imageId"]))
+        session.commit()
 
-    reply_event(store(client, labelled(data)))
-
-    row = dump(configured, data["imageId"])
-    assert (row["status"], row["user_id"], row["album_id"]) == ("done", user_id, album_id)
-    assert len(row["detections"]) == len(labelled(data)["detections"])
-
-
-@pytest.mark.parametrize("who", ["user", "album"])
-def test_an_unknown_owner_is_refused_and_nothing_stored(client, configured, who):
-    user_id, album_id = make_owner(configured)
-    data = put_original(configured, IMAGES / PHOTO, user_id, album_id)
-    data[f"{who}Id"] = 9999
-
-    response = store(client, data | {"reason": "not an image"}, REJECTED)
+    response = store(client, labelled(upload))
 
     assert response.status_code == 422
-    assert "9999" in response.get_data(as_text=True)
+    assert "deleted" in response.get_data(as_text=True)
     with configured.session() as session:
-        assert session.get(Image, data["imageId"]) is None
+        assert session.get(Image, upload["imageId"]) is None
+
+
+@pytest.mark.parametrize("field", ["userId", "albumId", "blobKey"])
+def test_an_event_that_does_not_match_its_image_is_refused(client, configured, upload, field):
+    other_user, other_album = make_owner(configured)
+    changed = {
+        "userId": other_user,
+        "albumId": other_album,
+        "blobKey": f"{upload['userId']}/{upload['albumId']}/someone-else.jpg",
+    }[field]
+    before = dump(configured, upload["imageId"])
+
+    response = store(client, {**labelled(upload), field: changed})
+
+    assert response.status_code == 422
+    assert dump(configured, upload["imageId"]) == before
 
 
 def test_the_same_photo_twice_in_an_album_is_kept_once(client, configured, upload):
     reply_event(store(client, labelled(upload)))
     twin = put_original(configured, IMAGES / PHOTO, upload["userId"], upload["albumId"])
+    with configured.session() as session:
+        register_upload(session, twin, configured.blobs())
+        session.commit()
 
     reply = reply_event(store(client, labelled(twin)))
 
     assert reply.data["status"] == "rejected"
     row = dump(configured, twin["imageId"])
-    assert row["status"] == "rejected" and upload["imageId"] in row["reason"]
+    assert row["status"] == "rejected"
+    assert row["reason"] == f"This photo is already in the album as {upload['fileName']}."
     assert row["detections"] == []
     assert dump(configured, upload["imageId"])["status"] == "done"
 

@@ -14,7 +14,6 @@ import json
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from urllib.parse import quote, unquote, urlsplit
 
 from imagerec.events import (
@@ -22,6 +21,7 @@ from imagerec.events import (
     EXTENSION_NAME,
     STRUCTURED,
     BadEvent,
+    is_rfc3339,
     media_type,
     parse_event,
 )
@@ -105,13 +105,8 @@ def _check_decodable(event: Event) -> None:
     for name in event.attributes:
         if not EXTENSION_NAME.match(name):
             raise BadEvent(f"invalid attribute name {name!r}")
-    if event.get("time") is not None:
-        try:
-            moment = datetime.fromisoformat(event.attributes["time"])
-        except ValueError:
-            moment = None
-        if moment is None or moment.tzinfo is None or "T" not in event.attributes["time"].upper():
-            raise BadEvent(f"time is not an RFC 3339 timestamp: {event.get('time')!r}")
+    if event.get("time") is not None and not is_rfc3339(event.attributes["time"]):
+        raise BadEvent(f"time is not an RFC 3339 timestamp: {event.get('time')!r}")
 
 
 def _check_valid(event: Event) -> None:
