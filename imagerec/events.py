@@ -52,7 +52,16 @@ class BadEvent(ValueError):
 
 
 class EmitFailed(RuntimeError):
-    """The sink did not take the event."""
+    """The sink did not take the event; `status` is its answer (None: no answer at all)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def sink_down(self) -> bool:
+        """Whether any event would fail now, not just this one (Knative's retry set)."""
+        return self.status is None or self.status >= 500 or self.status in (404, 408, 409, 429)
 
 
 def media_type(content_type: str | None) -> str:
@@ -164,7 +173,9 @@ def emit(event: CloudEvent, sink: str, timeout: float = 10.0) -> None:
     except requests.RequestException as e:
         raise EmitFailed(f"could not reach {sink}: {e}") from e
     if not 200 <= response.status_code < 300:
-        raise EmitFailed(f"{sink} answered {response.status_code}: {response.text[:200]}")
+        raise EmitFailed(
+            f"{sink} answered {response.status_code}: {response.text[:200]}", response.status_code
+        )
 
 
 def _first_line(error: Exception) -> str:

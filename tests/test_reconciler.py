@@ -91,3 +91,40 @@ def test_rejecting_sink_leaves_the_image_for_later(backend):
         assert len(sink.events) == 2
     finally:
         sink.close()
+
+
+class FinishingSink(RecordingSink):
+    """A broker that answers only once the pipeline is through (the stock in-memory channel
+    can): the photo is done before the reconciler hears back."""
+
+    def __init__(self, backend) -> None:
+        super().__init__()
+        self.backend = backend
+
+    def on_event(self, event) -> None:
+        with self.backend.session() as s:
+            s.get(Image, event["subject"]).status = Status.DONE
+            s.commit()
+
+
+def test_a_photo_finished_while_being_re_sent_stays_done(backend):
+    _images(backend, (Status.PROCESSING, AGO))
+    sink = FinishingSink(backend)
+    try:
+        with backend.session() as s:
+            assert resend_stuck(s, sink.url, timedelta(minutes=5)) == ["img0"]
+    finally:
+        sink.close()
+    with backend.session() as s:
+        assert s.get(Image, "img0").status == Status.DONE
+
+
+def test_one_refused_photo_does_not_hold_up_the_others(backend):
+    _images(backend, (Status.UPLOADED, AGO), (Status.UPLOADED, AGO + timedelta(seconds=1)))
+    sink = RecordingSink(status=400)
+    try:
+        with backend.session() as s:
+            assert resend_stuck(s, sink.url, timedelta(minutes=5)) == []
+        assert [e["subject"] for e in sink.events] == ["img0", "img1"]
+    finally:
+        sink.close()

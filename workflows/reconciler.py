@@ -12,7 +12,7 @@ import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from imagerec.events import UPLOADED, EmitFailed, emit, new_event
@@ -20,6 +20,7 @@ from imagerec.images import uploaded_event_data
 from imagerec.models import Image, Status
 
 log = logging.getLogger("imagerec.reconciler")
+_STUCK = (Status.UPLOADED, Status.PROCESSING)
 
 
 def resend_stuck(
@@ -29,7 +30,7 @@ def resend_stuck(
     cutoff = (now or datetime.now(UTC)) - older_than
     stuck = session.scalars(
         select(Image)
-        .where(Image.status.in_([Status.UPLOADED, Status.PROCESSING]))
+        .where(Image.status.in_(_STUCK))
         .where(Image.updated_at < cutoff)
         .order_by(Image.updated_at)
     ).all()
@@ -40,14 +41,28 @@ def resend_stuck(
             emit(event, sink)
         except EmitFailed as e:
             log.warning("could not re-send %s: %s", image.id, e)
-            break  # the sink is down: the rest would fail too; try again next round
-        # Touch the row so it is not sent again before it has had time to be processed.
-        image.status = Status.UPLOADED
-        image.updated_at = datetime.now(UTC)
-        session.commit()
+            if e.sink_down:
+                break  # the rest would fail too; the next round tries again
+            continue  # refused for what this image is: the others may still go
+        _touch(session, image.id)
         sent.append(image.id)
         log.info("re-sent stuck image %s", image.id)
     return sent
+
+
+def _touch(session: Session, image_id: str) -> None:
+    """Mark a re-sent image, so it is not sent again before it has had time to be processed.
+
+    Conditional: the pipeline may already have finished it (a broker can answer only after
+    its subscribers did), and a finished photo must not go back to `uploaded`.
+    """
+    session.execute(
+        update(Image)
+        .where(Image.id == image_id, Image.status.in_(_STUCK))
+        .values(status=Status.UPLOADED, updated_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 class Reconciler:
