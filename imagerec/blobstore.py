@@ -120,10 +120,11 @@ class _unavailable_on_connection_error:
         return None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is not None and isinstance(
-            exc, redis.exceptions.ConnectionError | redis.TimeoutError
-        ):
+        if isinstance(exc, redis.exceptions.ConnectionError | redis.TimeoutError):
             raise BlobStoreUnavailable(f"blob store unreachable: {exc}") from exc
+        # Full (maxmemory with noeviction): a write may succeed once space is made; retry.
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            raise BlobStoreUnavailable(f"blob store full: {exc}") from exc
         return False
 
 

@@ -7,7 +7,13 @@ import json
 import pytest
 from sqlalchemy import inspect
 
-from imagerec.blobstore import BlobNotFound, check_key, original_key, thumbnail_key
+from imagerec.blobstore import (
+    BlobNotFound,
+    BlobStoreUnavailable,
+    check_key,
+    original_key,
+    thumbnail_key,
+)
 from imagerec.db import get_engine
 from imagerec.events import (
     UPLOADED,
@@ -49,7 +55,25 @@ def test_redis_blob_is_one_plain_string(real_backend):
     assert redis.Redis.from_url(real_backend.blob_url).get("7/8/y.jpg") == b"\xff\xd8raw"
 
 
-@pytest.mark.parametrize("key", ["../etc/passwd", "/abs", "a/../b", "a//b", "", "a/b c"])
+def test_a_full_redis_is_unavailable_not_an_error(real_backend):
+    """Redis at maxmemory with noeviction (knative/redis.yaml) refuses writes: a step then
+    answers 503 and Knative retries, rather than failing the photo for good."""
+    import redis
+
+    server = redis.Redis.from_url(real_backend.blob_url)
+    before = server.config_get("maxmemory")["maxmemory"]
+    server.config_set("maxmemory", "1mb")
+    try:
+        with pytest.raises(BlobStoreUnavailable, match="full"):
+            real_backend.blobs().put("7/8/big.jpg", b"x" * 2_000_000)
+    finally:
+        server.config_set("maxmemory", before)
+    real_backend.blobs().put("7/8/big.jpg", b"x" * 2_000_000)
+
+
+@pytest.mark.parametrize(
+    "key", ["../etc/passwd", "/abs", "a/../b", "a//b", "", "a/b c", "1/" + "a" * 201]
+)
 def test_blob_keys_refuse_escapes(key):
     with pytest.raises(ValueError):
         check_key(key)
