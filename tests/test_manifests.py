@@ -4,7 +4,8 @@ The manifests are checked as a cluster would receive them: `knative/` is built w
 (pykustomize, the Go library, no kubectl needed) after its secrets/generate.sh has written
 credentials, exactly as `skaffold run` does. Knative objects are validated against the CRD
 schemas in shared/schemas/knative/, closed the way the API server's strict field validation
-closes them; built-in kinds with kubernetes-validate --strict. What only Knative's webhooks or
+closes them (and, for Eventing kinds, the way Eventing's webhook closes even what the schema leaves
+open); built-in kinds with kubernetes-validate --strict. What only Knative's webhooks or
 the project's own contracts decide (routing, delivery, autoscaling, secrets) is checked here.
 """
 
@@ -170,6 +171,8 @@ def test_build_holds_every_fixed_object(built: list[dict[str, Any]]) -> None:
         ("StatefulSet", "postgres"),
         ("StatefulSet", "redis"),
         ("Job", "migrate"),
+        ("CronJob", "reconcile"),
+        ("SinkBinding", "reconcile"),
         *(("Trigger", name) for name in TRIGGERS),
     }
     assert expected <= present
@@ -182,19 +185,49 @@ def test_build_holds_every_fixed_object(built: list[dict[str, Any]]) -> None:
 # --- schemas ----------------------------------------------------------------------------------
 
 
-def closed(schema: Any) -> Any:
-    """The schema with unknown fields refused wherever the API server would prune them."""
+# Fields the Knative Go types have but some CRD schemas leave out: the schema keeps such an
+# object open (x-kubernetes-preserve-unknown-fields) for them, mostly feature-flagged ones.
+# DeliverySpec: knative/eventing pkg/apis/duck/v1/delivery_types.go; KReference.group/address:
+# knative.dev/pkg apis/duck/v1; ApiServerSource spec.filters. Keyed by the property's name.
+OPENED_FOR: dict[str, dict[str, Any]] = {
+    "delivery": {
+        "timeout": {"type": "string"},
+        "retryAfterMax": {"type": "string"},
+        "format": {"type": "string"},
+    },
+    "channel": {"group": {"type": "string"}, "address": {"type": "string"}},
+    "ref": {"group": {"type": "string"}, "address": {"type": "string"}},
+    "spec": {"filters": {"type": "array", "items": {"type": "object"}}},
+}
+
+
+def closed(schema: Any, webhook_strict: bool = False, name: str = "") -> Any:
+    """The schema with unknown fields refused wherever the API server would prune them.
+
+    With `webhook_strict` (Eventing kinds: their webhook decodes with unknown fields disallowed,
+    semantics §9) also inside objects the schema leaves open, over the fields of their Go type:
+    what the schema lists plus OPENED_FOR. Objects without `properties` (maps such as
+    `filter.attributes`, `matchLabels`, `channelTemplate.spec`) stay open either way.
+    """
     if isinstance(schema, list):
-        return [closed(s) for s in schema]
+        return [closed(s, webhook_strict) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    result = {key: closed(value) for key, value in schema.items()}
-    if (
-        "properties" in schema
-        and "additionalProperties" not in schema
-        and not schema.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        result["additionalProperties"] = False
+    result = {
+        key: (
+            {prop: closed(sub, webhook_strict, prop) for prop, sub in value.items()}
+            if key == "properties" and isinstance(value, dict)
+            else closed(value, webhook_strict)
+        )
+        for key, value in schema.items()
+    }
+    preserved = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+    if "properties" in schema and "additionalProperties" not in schema:
+        if preserved and webhook_strict:
+            result["properties"] = {**OPENED_FOR.get(name, {}), **result["properties"]}
+            result["additionalProperties"] = False
+        elif not preserved:
+            result["additionalProperties"] = False
     return result
 
 
@@ -205,6 +238,8 @@ def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     for path in sorted(KNATIVE_SCHEMAS.rglob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        # Eventing's webhook disallows unknown fields; Serving's does not (semantics §9).
+        webhook_strict = path.parent.name == "eventing"
         for version in crd["spec"]["versions"]:
             schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
             # The Eventing CRDs leave out what every object has.
@@ -213,7 +248,7 @@ def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
             schema["properties"].setdefault("kind", {"type": "string"})
             schema["properties"].setdefault("metadata", {"type": "object"})
             validators[(f"{group}/{version['name']}", kind)] = jsonschema.Draft202012Validator(
-                closed(schema)
+                closed(schema, webhook_strict)
             )
     return validators
 
@@ -266,9 +301,81 @@ def test_closed_crd_schema_refuses_what_the_api_server_refuses(
     assert any(expected in error for error in crd_errors(service)), crd_errors(service)
 
 
+@pytest.mark.parametrize(
+    ("kind", "name", "change", "typo"),
+    [
+        ("Trigger", "on-uploaded", lambda o: o["spec"]["delivery"].update(timout="PT5S"), "timout"),
+        ("Trigger", "on-uploaded", lambda o: o["spec"].update(deliverY={"retry": 1}), "deliverY"),
+        ("Broker", "default", lambda o: o["spec"]["delivery"].update(retries=3), "retries"),
+        (
+            "Sequence",
+            "process-image",
+            lambda o: o["spec"]["steps"][1]["delivery"].update(timout="PT5M"),
+            "timout",
+        ),
+        (
+            "Sequence",
+            "process-image",
+            lambda o: o["spec"]["steps"][0]["delivery"]["deadLetterSink"].update(url="http://x"),
+            "url",
+        ),
+        (
+            "SinkBinding",
+            "reconcile",
+            lambda o: o["spec"]["subject"]["selector"].update(matchLabel={"a": "b"}),
+            "matchLabel",
+        ),
+    ],
+    ids=[
+        "trigger delivery",
+        "trigger spec",
+        "broker delivery",
+        "sequence step delivery",
+        "dead-letter sink",
+        "sinkbinding selector",
+    ],
+)
+def test_closed_eventing_schemas_refuse_typos_inside_open_objects(
+    built: list[dict[str, Any]], kind: str, name: str, change, typo: str
+) -> None:
+    # The CRDs leave Trigger `spec` and every `delivery` open (x-kubernetes-preserve-unknown-
+    # fields), but Eventing's webhook refuses unknown fields there too (semantics §9).
+    obj = copy.deepcopy(one(built, kind, name))
+    assert not crd_errors(obj)
+    change(obj)
+    assert any(f"'{typo}' was unexpected" in error for error in crd_errors(obj)), crd_errors(obj)
+
+
+def test_closed_eventing_schemas_keep_every_field_of_the_go_types(
+    built: list[dict[str, Any]],
+) -> None:
+    # The fields a CRD schema leaves out but the Go type has (behind the open object) pass, and
+    # maps stay maps: any attribute in a filter, any label in a selector.
+    extra = {"timeout": "PT30S", "retryAfterMax": "PT10S", "format": "json"}
+    trigger = copy.deepcopy(one(built, "Trigger", "on-uploaded"))
+    trigger["spec"]["delivery"].update(extra)
+    trigger["spec"]["filter"]["attributes"]["imageid"] = "x"
+    sequence = copy.deepcopy(one(built, "Sequence", "process-image"))
+    sequence["spec"]["steps"][0]["delivery"].update(extra)
+    sequence["spec"]["channelTemplate"]["spec"] = {"delivery": {"retry": 1}}
+    broker = copy.deepcopy(one(built, "Broker", "default"))
+    broker["spec"]["delivery"].update(extra)
+    binding = copy.deepcopy(one(built, "SinkBinding", "reconcile"))
+    binding["spec"]["subject"]["selector"]["matchLabels"]["any/label"] = "x"
+    for obj in (trigger, sequence, broker, binding):
+        assert not crd_errors(obj), crd_errors(obj)
+
+
 def test_builtin_objects_validate_strictly(built: list[dict[str, Any]]) -> None:
     builtin = [o for o in built if not is_knative(o)]
-    assert {o["kind"] for o in builtin} >= {"Namespace", "Secret", "Service", "StatefulSet", "Job"}
+    assert {o["kind"] for o in builtin} >= {
+        "Namespace",
+        "Secret",
+        "Service",
+        "StatefulSet",
+        "Job",
+        "CronJob",
+    }
     version = kubernetes_validate.latest_version()
     errors = []
     for o in builtin:
@@ -284,6 +391,10 @@ def test_strict_builtin_validation_refuses_unknown_fields(built: list[dict[str, 
     statefulset["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["secretRefs"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(statefulset, kubernetes_validate.latest_version(), strict=True)
+    cronjob = copy.deepcopy(one(built, "CronJob", "reconcile"))
+    cronjob["spec"]["concurrencyPolicyy"] = "Forbid"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(cronjob, kubernetes_validate.latest_version(), strict=True)
 
 
 # --- routing ----------------------------------------------------------------------------------
@@ -310,6 +421,41 @@ def test_sequence_runs_the_steps_in_order_and_replies_to_the_broker(
     assert spec["channelTemplate"]["kind"] == "InMemoryChannel"
 
 
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels and matchExpressions) matches `labels`."""
+    if not selector:
+        return False  # an empty selector in a binding is refused, not "everything"
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        if operator in ("In", "NotIn"):
+            if (labels.get(key) in expression["values"]) != (operator == "In"):
+                return False
+        elif (key in labels) != (operator == "Exists"):
+            return False
+    return True
+
+
+def subjects_selected(built: list[dict[str, Any]], subject: dict) -> list[str]:
+    """What a SinkBinding's label-selected subject binds: objects of its kind in the build, and
+    for Jobs also those a CronJob creates (they carry `jobTemplate.metadata.labels`)."""
+    found = [
+        f"{o['kind']} {o['metadata']['name']}"
+        for o in objects(built, subject["kind"], subject["apiVersion"])
+        if selects(subject["selector"], o["metadata"].get("labels", {}))
+    ]
+    if (subject["apiVersion"], subject["kind"]) == ("batch/v1", "Job"):
+        found += [
+            f"CronJob {o['metadata']['name']}"
+            for o in objects(built, "CronJob", "batch/v1")
+            if selects(
+                subject["selector"], o["spec"]["jobTemplate"].get("metadata", {}).get("labels", {})
+            )
+        ]
+    return found
+
+
 def test_every_destination_names_an_object_that_exists(built: list[dict[str, Any]]) -> None:
     present = {(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in built}
     refs = []
@@ -319,10 +465,14 @@ def test_every_destination_names_an_object_that_exists(built: list[dict[str, Any
         for path, node in walk(o["spec"]):
             if path.endswith(("/ref", "/subject")) and isinstance(node, dict):
                 refs.append((f"{o['kind']} {o['metadata']['name']}{path}", node))
-    assert len(refs) >= len(TRIGGERS) * 2 + len(SEQUENCE_STEPS) * 2 + 2
+    assert len(refs) >= len(TRIGGERS) * 2 + len(SEQUENCE_STEPS) * 2 + 4
     for where, ref in refs:
         assert ref.get("namespace", NAMESPACE) == NAMESPACE, where
-        assert (ref["apiVersion"], ref["kind"], ref["name"]) in present, f"{where}: {ref}"
+        if "selector" in ref:  # a SinkBinding subject by labels (name and selector exclude)
+            assert "name" not in ref, where
+            assert subjects_selected(built, ref), f"{where} selects nothing: {ref}"
+        else:
+            assert (ref["apiVersion"], ref["kind"], ref["name"]) in present, f"{where}: {ref}"
 
 
 def test_every_hop_retries_with_backoff_then_dead_letters(built: list[dict[str, Any]]) -> None:
@@ -420,6 +570,75 @@ def test_web_gets_the_broker_address_from_a_sinkbinding(built: list[dict[str, An
     assert binding["subject"] == {"apiVersion": KSVC, "kind": "Service", "name": "web"}
     assert binding["sink"]["ref"] == {"apiVersion": BROKER_API, "kind": "Broker", "name": "default"}
     assert "K_SINK" not in env_of(container(knative_services(built)["web"]))
+
+
+def reconciler_job(built: list[dict[str, Any]]) -> dict:
+    """The CronJob `reconcile`'s job template (what each Job it creates looks like)."""
+    return one(built, "CronJob", "reconcile", "batch/v1")["spec"]["jobTemplate"]
+
+
+def test_a_cronjob_runs_the_reconciler(built: list[dict[str, Any]]) -> None:
+    # Only `imagerec dev` runs a reconciler thread; on the cluster nothing else re-sends the
+    # uploaded event of an image stuck in uploaded/processing (design.md "nothing lost").
+    cronjob = one(built, "CronJob", "reconcile", "batch/v1")["spec"]
+    minute, *rest = cronjob["schedule"].split()
+    assert rest == ["*", "*", "*", "*"], cronjob["schedule"]
+    period = int(minute.removeprefix("*/")) * 60 if minute.startswith("*/") else 3600
+    assert 60 <= period <= 15 * 60, cronjob["schedule"]
+    assert cronjob["concurrencyPolicy"] == "Forbid"
+    assert 0 < cronjob["startingDeadlineSeconds"] < period
+    job = cronjob["jobTemplate"]["spec"]
+    assert job.get("activeDeadlineSeconds", period) <= period  # done before the next round
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] in ("Never", "OnFailure")
+    [c] = pod["containers"]
+    assert c["command"] == ["imagerec", "reconcile"]
+    assert '"reconcile"' in (ROOT / "workflows" / "cli.py").read_text()
+    # The same image as the web and the migrate Job (the CLI is in it).
+    web_image = container(knative_services(built)["web"])["image"]
+    assert (
+        c["image"]
+        == web_image
+        == one(built, "Job", "migrate")["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    for bound, most in (("requests", 256), ("limits", 512)):
+        memory = c["resources"][bound]["memory"]
+        assert re.fullmatch(r"\d+Mi", memory) and int(memory[:-2]) <= most, f"{bound} {memory}"
+        assert "cpu" in c["resources"][bound], bound
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_reconciler_reads_the_database_url_from_the_generated_secret(
+    built: list[dict[str, Any]],
+) -> None:
+    [c] = reconciler_job(built)["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    ref = env["IMAGEREC_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    # The same Secret and key as the web and the steps, with kustomize's hash suffix.
+    web_ref = env_of(container(knative_services(built)["web"]))["IMAGEREC_DATABASE_URL"]
+    assert ref == web_ref["valueFrom"]["secretKeyRef"]
+    assert re.fullmatch(r"imagerec-app-[a-z0-9]{10}", ref["name"]), ref
+    assert urlsplit(secret_data(built, ref["name"])[ref["key"]]).scheme == "postgresql"
+    # K_SINK comes from the SinkBinding, never written here.
+    assert "K_SINK" not in env and not c.get("envFrom")
+
+
+def test_the_reconciler_gets_the_broker_address_from_a_sinkbinding(
+    built: list[dict[str, Any]],
+) -> None:
+    binding = one(built, "SinkBinding", "reconcile", "sources.knative.dev/v1")
+    assert not crd_errors(binding), crd_errors(binding)
+    spec = binding["spec"]
+    assert spec["sink"]["ref"] == {"apiVersion": BROKER_API, "kind": "Broker", "name": "default"}
+    # A CronJob's pods are never bound directly: the binding selects the Jobs it creates, by a
+    # label of the job template (a Job's pod template is immutable, so the webhook injects
+    # K_SINK when the Job is created).
+    subject = spec["subject"]
+    assert (subject["apiVersion"], subject["kind"]) == ("batch/v1", "Job")
+    assert "name" not in subject
+    job_labels = reconciler_job(built)["metadata"]["labels"]
+    assert selects(subject["selector"], job_labels)
+    assert subjects_selected(built, subject) == ["CronJob reconcile"], "it binds other Jobs too"
 
 
 def test_raw_files_route_as_the_build_does(built: list[dict[str, Any]]) -> None:
@@ -682,6 +901,31 @@ def test_databases_are_statefulsets_with_volumes_and_services(built: list[dict[s
         assert statefulset["selector"]["matchLabels"].items() <= pod_labels.items(), name
 
 
+KUBERNETES_UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "k": 1000, "M": 10**6, "G": 10**9}
+# redis.conf: k/m/g are powers of 1000, kb/mb/gb powers of 1024, case-insensitive.
+REDIS_UNITS = {"b": 1, "k": 1000, "kb": 1024, "m": 10**6, "mb": 1024**2, "g": 10**9, "gb": 1024**3}
+
+
+def memory_bytes(quantity: str, units: dict[str, int]) -> int:
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
+    return int(number) * (units[unit] if unit else 1)
+
+
+def test_redis_refuses_writes_before_its_container_is_killed(built: list[dict[str, Any]]) -> None:
+    # Redis keeps every photo in memory. Without maxmemory it grows until the kernel kills the
+    # pod at the container limit; with it (and noeviction: it is the only copy of the photos),
+    # a write past it gets an error the steps answer 503, and the pod stays up.
+    [c] = one(built, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"]
+    args = c["command"][1:] + c.get("args", [])
+    options = {args[i]: args[i + 1] for i, a in enumerate(args) if a.startswith("--")}
+    assert options["--maxmemory-policy"] == "noeviction"
+    maxmemory = memory_bytes(options["--maxmemory"].lower(), REDIS_UNITS)
+    limit = memory_bytes(c["resources"]["limits"]["memory"], KUBERNETES_UNITS)
+    # Room for what maxmemory does not count: the AOF rewrite's fork, buffers, fragmentation.
+    assert 0 < maxmemory <= 0.8 * limit, (options["--maxmemory"], c["resources"]["limits"])
+    assert maxmemory >= memory_bytes(c["resources"]["requests"]["memory"], KUBERNETES_UNITS)
+
+
 def test_migrations_run_as_a_job(built: list[dict[str, Any]]) -> None:
     job = one(built, "Job", "migrate")["spec"]
     c = job["template"]["spec"]["containers"][0]
@@ -719,7 +963,7 @@ def test_images_are_the_ones_skaffold_builds(built: list[dict[str, Any]]) -> Non
     assert {i["name"] for i in images} == artifacts
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert {i["newTag"] for i in images} == {version}
-    ours = [*knative_services(built).values(), *objects(built, "Job")]
+    ours = [*knative_services(built).values(), *objects(built, "Job"), *objects(built, "CronJob")]
     used = {
         node.split(":")[0]
         for o in ours

@@ -110,6 +110,91 @@ def test_what_the_webhooks_reject_fails_to_load(tmp_path, document):
         load_manifests(tmp_path)
 
 
+def with_spec(document: dict, **fields) -> dict:
+    return {**document, "spec": {**document["spec"], **fields}}
+
+
+# Eventing's webhook refuses a field its Go type lacks (semantics §9); the runner would otherwise
+# drop the misspelt setting without a word (no timeout, a filter that passes everything...).
+UNKNOWN_FIELDS = {
+    "delivery.timout": (
+        trigger("t", ref("s"), delivery={"retry": 2, "timout": "PT5S"}),
+        "spec.delivery: unknown field 'timout'",
+    ),
+    "trigger deliverY": (
+        with_spec(trigger("t", ref("s")), deliverY={"retry": 1}),
+        "Trigger imagerec/t: spec: unknown field 'deliverY'",
+    ),
+    "trigger filter atributes": (
+        with_spec(trigger("t", ref("s")), filter={"atributes": {"type": "x"}}),
+        "spec.filter: unknown field 'atributes'",
+    ),
+    "dead-letter sink": (
+        trigger("t", ref("s"), delivery={"deadLetterSink": {**ref("dead"), "url": "http://x"}}),
+        "spec.delivery.deadLetterSink: unknown field 'url'",
+    ),
+    "ref namespce": (
+        trigger("t", {"ref": {**ref("s")["ref"], "namespce": "other"}}),
+        "spec.subscriber.ref: unknown field 'namespce'",
+    ),
+    "broker delivery": (
+        broker("other", delivery={"retries": 3}),
+        "Broker imagerec/other: spec.delivery: unknown field 'retries'",
+    ),
+    "sequence step delivery": (
+        sequence("seq", [{**ref("a"), "delivery": {"backofDelay": "PT1S"}}]),
+        "spec.steps[0].delivery: unknown field 'backofDelay'",
+    ),
+    "sequence step": (
+        sequence("seq", [{**ref("a"), "deliver": {"retry": 1}}]),
+        "spec.steps[0]: unknown field 'deliver'",
+    ),
+    "sequence spec": (
+        with_spec(sequence("seq", [ref("a")]), replyy=ref("b")),
+        "Sequence imagerec/seq: spec: unknown field 'replyy'",
+    ),
+    "channel delivery": (
+        sequence("seq", [ref("a")], channel_delivery={"retry": 1, "timeOut": "PT1S"}),
+        "spec.channelTemplate.spec.delivery: unknown field 'timeOut'",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"), UNKNOWN_FIELDS.values(), ids=UNKNOWN_FIELDS.keys()
+)
+def test_unknown_fields_are_refused_as_knatives_webhook_refuses_them(tmp_path, document, message):
+    write(tmp_path, "routing.yaml", broker(), document)
+    with pytest.raises(ManifestError) as error:
+        load_manifests(tmp_path)
+    assert message in str(error.value)
+    assert "routing.yaml" in str(error.value) and "known: " in str(error.value)
+
+
+def test_every_field_of_the_knative_types_is_still_accepted(tmp_path):
+    delivery = {
+        "deadLetterSink": {**ref("dead"), "CACerts": "PEM", "audience": "dead"},
+        "retry": 2,
+        "backoffPolicy": "linear",
+        "backoffDelay": "PT1S",
+        "timeout": "PT5S",
+        "retryAfterMax": "PT10S",
+        "format": "json",
+    }
+    write(
+        tmp_path,
+        "routing.yaml",
+        broker(delivery=delivery),
+        trigger("t", ref("s"), {"type": "x"}, delivery=delivery),
+        sequence("seq", [{**ref("a"), "delivery": delivery}], ref("default", "Broker"), delivery),
+    )
+    manifests = load_manifests(tmp_path)
+    loaded = manifests.triggers[("imagerec", "t")].delivery
+    assert (loaded.retry, loaded.timeout, loaded.format) == (2, 5.0, "json")
+    step = manifests.sequences[("imagerec", "seq")].steps[0]
+    assert step.delivery == loaded
+
+
 def test_destinations_that_do_not_resolve_fail_when_the_runner_is_made(tmp_path):
     write(
         tmp_path,

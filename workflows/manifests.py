@@ -8,8 +8,10 @@ overrides each document's own, as kustomize does; patches and generators are not
 
 What the API server's webhooks would reject is refused here with `ManifestError`, naming the file
 and the object: a `filters` entry with two dialects, a bad `backoffPolicy` or duration, a
-Destination with neither `ref` nor `uri`, a relative `uri` alone... The semantics followed are
-those of docs/knative-eventing-semantics.md (§3 Trigger, §4 delivery, §5 Sequence, §6 Parallel).
+Destination with neither `ref` nor `uri`, a relative `uri` alone, a field the Knative Go type does
+not have (`delivery.timout`, `deliverY`: Eventing's webhook refuses unknown fields, semantics §9,
+where the runner would otherwise silently drop the setting)... The semantics followed are those of
+docs/knative-eventing-semantics.md (§3 Trigger, §4 delivery, §5 Sequence, §6 Parallel).
 """
 
 from __future__ import annotations
@@ -240,6 +242,34 @@ def _manifest_files(folder: Path, namespace: str | None) -> Iterator[tuple[Path,
             raise ManifestError(f"{kustomization}: resource {resource!r} does not exist")
 
 
+# The fields of the Knative Go types (knative/eventing pkg/apis/..., knative.dev/pkg duck/v1).
+# Eventing's webhook decodes with unknown fields disallowed, also inside the objects the CRD
+# schema leaves open (semantics §9): a misspelt key is refused at apply time, so it is here too.
+_DELIVERY_FIELDS = frozenset(
+    {"deadLetterSink", "retry", "backoffPolicy", "backoffDelay", "timeout", "format"}
+    | {"retryAfterMax"}  # accepted and ignored: a feature Knative ships disabled (runner.py)
+)
+_DESTINATION_FIELDS = frozenset({"ref", "uri", "CACerts", "audience"})
+_REF_FIELDS = frozenset({"apiVersion", "kind", "name", "namespace", "group", "address"})
+_BROKER_FIELDS = frozenset({"config", "delivery"})
+_TRIGGER_FIELDS = frozenset({"broker", "brokerRef", "filter", "filters", "subscriber", "delivery"})
+_TRIGGER_FILTER_FIELDS = frozenset({"attributes"})
+_SEQUENCE_FIELDS = frozenset({"steps", "channelTemplate", "reply"})
+_SEQUENCE_STEP_FIELDS = _DESTINATION_FIELDS | {"delivery"}
+_PARALLEL_FIELDS = frozenset({"branches", "channelTemplate", "reply"})
+_BRANCH_FIELDS = frozenset({"filter", "subscriber", "reply", "delivery"})
+_CHANNEL_TEMPLATE_FIELDS = frozenset({"apiVersion", "kind", "spec"})
+
+
+def _refuse_unknown_fields(raw: Mapping[str, Any], known: frozenset[str], where: str) -> None:
+    unknown = sorted(str(key) for key in raw if key not in known)
+    if unknown:
+        raise ManifestError(
+            f"{where}: unknown field {', '.join(map(repr, unknown))}, which Knative refuses "
+            f"(known: {', '.join(sorted(known))})"
+        )
+
+
 _ROUTED = {
     ("eventing.knative.dev", "Broker"),
     ("eventing.knative.dev", "Trigger"),
@@ -260,6 +290,8 @@ def _add(manifests: Manifests, document: dict[str, Any], namespace_override: str
         raise ManifestError(f"a {kind} has no metadata.name")
     namespace = namespace_override or metadata.get("namespace") or "default"
     spec = document.get("spec") or {}
+    if not isinstance(spec, dict):
+        raise ManifestError(f"{kind} {namespace}/{name}: spec must be a mapping")
     key = (namespace, name)
     where = f"{kind} {namespace}/{name}"
     table: dict[Key, Any] = {
@@ -278,10 +310,15 @@ def _add(manifests: Manifests, document: dict[str, Any], namespace_override: str
 
 
 def _broker(namespace: str, name: str, spec: dict[str, Any]) -> Broker:
-    return Broker(namespace, name, _delivery(spec.get("delivery"), namespace))
+    _refuse_unknown_fields(spec, _BROKER_FIELDS, "spec")
+    return Broker(namespace, name, _delivery(spec.get("delivery"), namespace, "spec.delivery"))
 
 
 def _trigger(namespace: str, name: str, spec: dict[str, Any]) -> Trigger:
+    _refuse_unknown_fields(spec, _TRIGGER_FIELDS, "spec")
+    # A misspelt `attributes` would otherwise leave a filter that passes everything.
+    if isinstance(spec.get("filter"), dict):
+        _refuse_unknown_fields(spec["filter"], _TRIGGER_FILTER_FIELDS, "spec.filter")
     broker = spec.get("broker")
     if not broker:
         raise ManifestError("spec.broker is required")
@@ -298,18 +335,19 @@ def _trigger(namespace: str, name: str, spec: dict[str, Any]) -> Trigger:
         _destination(spec["subscriber"], namespace, "spec.subscriber"),
         matches,
         text,
-        _delivery(spec.get("delivery"), namespace),
+        _delivery(spec.get("delivery"), namespace, "spec.delivery"),
     )
 
 
 def _sequence(namespace: str, name: str, spec: dict[str, Any]) -> Sequence:
+    _refuse_unknown_fields(spec, _SEQUENCE_FIELDS, "spec")
     raw_steps = spec.get("steps") or []
-    if not raw_steps:
-        raise ManifestError("spec.steps must not be empty")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise ManifestError("spec.steps must be a non-empty list")
     steps = tuple(
         Step(
-            _destination(step, namespace, f"spec.steps[{i}]"),
-            _delivery(step.get("delivery"), namespace),
+            _destination(step, namespace, f"spec.steps[{i}]", _SEQUENCE_STEP_FIELDS),
+            _delivery(step.get("delivery"), namespace, f"spec.steps[{i}].delivery"),
         )
         for i, step in enumerate(raw_steps)
     )
@@ -323,15 +361,20 @@ def _sequence(namespace: str, name: str, spec: dict[str, Any]) -> Sequence:
 
 
 def _parallel(namespace: str, name: str, spec: dict[str, Any]) -> Parallel:
+    _refuse_unknown_fields(spec, _PARALLEL_FIELDS, "spec")
     raw_branches = spec.get("branches") or []
-    if not raw_branches:
-        raise ManifestError("spec.branches must not be empty")
+    if not isinstance(raw_branches, list) or not raw_branches:
+        raise ManifestError("spec.branches must be a non-empty list")
+    for i, branch in enumerate(raw_branches):
+        if not isinstance(branch, dict):
+            raise ManifestError(f"spec.branches[{i}] must be a mapping")
+        _refuse_unknown_fields(branch, _BRANCH_FIELDS, f"spec.branches[{i}]")
     branches = tuple(
         Branch(
             _destination(branch.get("subscriber"), namespace, f"spec.branches[{i}].subscriber"),
             _optional_destination(branch.get("filter"), namespace, f"spec.branches[{i}].filter"),
             _optional_destination(branch.get("reply"), namespace, f"spec.branches[{i}].reply"),
-            _delivery(branch.get("delivery"), namespace),
+            _delivery(branch.get("delivery"), namespace, f"spec.branches[{i}].delivery"),
         )
         for i, branch in enumerate(raw_branches)
     )
@@ -359,16 +402,27 @@ _BUILDERS: dict[str, Callable[[str, str, dict[str, Any]], Any]] = {
 
 def _channel_delivery(spec: dict[str, Any], namespace: str) -> Delivery | None:
     template = spec.get("channelTemplate") or {}
-    return _delivery((template.get("spec") or {}).get("delivery"), namespace)
+    if not isinstance(template, dict):
+        raise ManifestError("spec.channelTemplate must be a mapping")
+    _refuse_unknown_fields(template, _CHANNEL_TEMPLATE_FIELDS, "spec.channelTemplate")
+    # The channel's own spec is passed to the channel kind verbatim (its CRD decides the rest);
+    # only its `delivery` matters here.
+    channel_spec = template.get("spec") or {}
+    if not isinstance(channel_spec, dict):
+        raise ManifestError("spec.channelTemplate.spec must be a mapping")
+    return _delivery(channel_spec.get("delivery"), namespace, "spec.channelTemplate.spec.delivery")
 
 
 def _optional_destination(raw: Any, namespace: str, where: str) -> Destination | None:
     return None if raw is None else _destination(raw, namespace, where)
 
 
-def _destination(raw: Any, namespace: str, where: str) -> Destination:
+def _destination(
+    raw: Any, namespace: str, where: str, fields: frozenset[str] = _DESTINATION_FIELDS
+) -> Destination:
     if not isinstance(raw, dict):
         raise ManifestError(f"{where}: a Destination needs `ref` and/or `uri`")
+    _refuse_unknown_fields(raw, fields, where)
     ref, uri = raw.get("ref"), raw.get("uri")
     if ref is None and not uri:
         raise ManifestError(f"{where}: a Destination needs `ref` and/or `uri`")
@@ -379,6 +433,8 @@ def _destination(raw: Any, namespace: str, where: str) -> Destination:
         return Destination(uri=uri)
     if not isinstance(ref, dict) or not ref.get("kind") or not ref.get("name"):
         raise ManifestError(f"{where}.ref needs `kind` and `name`")
+    # A misspelt `namespace` would silently send events to the object's own namespace.
+    _refuse_unknown_fields(ref, _REF_FIELDS, f"{where}.ref")
     if uri and urlsplit(uri).scheme:
         raise ManifestError(f"{where}: `uri` beside `ref` must be relative, got {uri!r}")
     return Destination(
@@ -392,30 +448,32 @@ def _destination(raw: Any, namespace: str, where: str) -> Destination:
     )
 
 
-def _delivery(raw: Any, namespace: str) -> Delivery | None:
+def _delivery(raw: Any, namespace: str, where: str) -> Delivery | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise ManifestError("delivery must be a mapping")
+        raise ManifestError(f"{where} must be a mapping")
+    # A misspelt key (`timout`, `retries`) would otherwise leave that setting at its default.
+    _refuse_unknown_fields(raw, _DELIVERY_FIELDS, where)
     retry = raw.get("retry")
     if retry is not None and (not isinstance(retry, int) or isinstance(retry, bool) or retry < 0):
-        raise ManifestError(f"delivery.retry must be an integer >= 0, got {retry!r}")
+        raise ManifestError(f"{where}.retry must be an integer >= 0, got {retry!r}")
     policy = raw.get("backoffPolicy")
     if policy is not None and policy not in ("linear", "exponential"):
-        raise ManifestError(f"delivery.backoffPolicy must be linear or exponential, got {policy!r}")
-    timeout = _duration(raw.get("timeout"), "delivery.timeout")
+        raise ManifestError(f"{where}.backoffPolicy must be linear or exponential, got {policy!r}")
+    timeout = _duration(raw.get("timeout"), f"{where}.timeout")
     if timeout is not None and timeout <= 0:
-        raise ManifestError("delivery.timeout must be positive")
+        raise ManifestError(f"{where}.timeout must be positive")
     form = raw.get("format")
     if form is not None and form not in ("json", "binary"):
-        raise ManifestError(f"delivery.format must be json or binary, got {form!r}")
+        raise ManifestError(f"{where}.format must be json or binary, got {form!r}")
     sink = raw.get("deadLetterSink")
     return Delivery(
         retry=retry,
         backoff_policy=policy,
-        backoff_delay=_duration(raw.get("backoffDelay"), "delivery.backoffDelay"),
+        backoff_delay=_duration(raw.get("backoffDelay"), f"{where}.backoffDelay"),
         timeout=timeout,
-        dead_letter_sink=_optional_destination(sink, namespace, "delivery.deadLetterSink"),
+        dead_letter_sink=_optional_destination(sink, namespace, f"{where}.deadLetterSink"),
         format=form,
     )
 
