@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 import threading
+import time
+from collections.abc import Callable
+from itertools import pairwise
 
 import pytest
 
+from workflows.delivery import WallClock
 from workflows.testing import (
     FakeClock,
     Subscriber,
@@ -255,3 +260,101 @@ def test_the_broker_delivery_applies_when_the_trigger_has_none(tmp_path):
     assert len(received) == 3
     assert clock.sleeps == [2, 4]
     assert len(dead) == 1
+
+
+# Waiting for a retry is scheduled, as in Knative's dispatcher: it holds no delivery worker. These
+# run on the real clock: a fake one would end every wait at once and hide the difference.
+WAIT_A_MINUTE = {"retry": 1, "backoffPolicy": "exponential", "backoffDelay": "PT60S"}
+
+
+class WatchedClock(WallClock):
+    """The real clock, also telling the test each time a delivery starts waiting to retry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waits = threading.Semaphore(0)
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> None:
+        super().call_later(seconds, callback)
+        self._waits.release()
+
+    def wait_for_waits(self, count: int) -> None:
+        for _ in range(count):
+            assert self._waits.acquire(timeout=10), "a delivery never started waiting"
+
+
+def test_deliveries_waiting_to_retry_do_not_hold_up_another_triggers_event(tmp_path):
+    workers = 4
+    failing = 3 * workers  # more than the pool: were each wait to hold a worker, none would be free
+    manifests = [
+        broker(),
+        trigger("down", ref("down"), {"type": "down"}, delivery=WAIT_A_MINUTE),
+        trigger("up", ref("up"), {"type": "up"}),
+    ]
+    clock = WatchedClock()
+    with Subscriber(answer(503)) as down, Subscriber() as up:
+        services = {"down": down.url, "up": up.url}
+        with running(tmp_path, manifests, services, clock, workers) as (runner, server):
+            for _ in range(failing):
+                post_event(server.broker_url, "down")
+            clock.wait_for_waits(failing)  # every first attempt failed: each now waits 60 s
+            post_event(server.broker_url, "up")
+            up.wait_for(1)  # TimeoutError after 10 s if the waits held the workers
+            assert len(down.received()) == failing  # delivered while all of them still wait
+            with pytest.raises(TimeoutError):
+                runner.wait_idle(0.1)  # a delivery waiting to retry is still pending
+    clock.close()  # an injected clock is its owner's to close
+
+
+def test_stopping_abandons_the_waiting_retries_at_once_and_logs_each(tmp_path, caplog):
+    manifests = [broker(), trigger("down", ref("down"), delivery=WAIT_A_MINUTE)]
+    clock = WatchedClock()
+    with (
+        Subscriber(answer(503)) as down,
+        running(tmp_path, manifests, {"down": down.url}, clock) as (runner, server),
+    ):
+        for subject in ("img-1", "img-2"):
+            post_event(server.broker_url, "t", subject=subject)
+        clock.wait_for_waits(2)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, "workflows.runner"):
+            server.stop()
+        assert time.monotonic() - started < 5  # not the 60 s the retries were waiting for
+        runner.wait_idle(0)  # nothing is left pending
+    clock.close()
+    abandoned = [r.getMessage() for r in caplog.records if "abandoned" in r.getMessage()]
+    assert sorted(message.split()[3] for message in abandoned) == ["subject=img-1", "subject=img-2"]
+    assert len(down.received()) == 2  # and no retry was made
+
+
+def test_on_the_real_clock_each_retry_waits_its_backoff(tmp_path):
+    arrivals: list[float] = []
+
+    def failing(request):
+        arrivals.append(time.monotonic())
+        return 503, {}, b""
+
+    clock = WallClock()
+    delivery = dls(retry=2, backoffPolicy="exponential", backoffDelay="PT0.1S")
+    try:
+        received, dead, _ = run_one(tmp_path, failing, delivery, clock=clock)
+    finally:
+        clock.close()  # an injected clock is its owner's to close
+    assert len(received) == 3
+    first_wait, second_wait = (later - earlier for earlier, later in pairwise(arrivals))
+    assert first_wait >= 0.1
+    assert second_wait >= 0.2
+    assert len(dead) == 1
+
+
+def test_the_wall_clock_calls_back_when_due_not_in_the_order_of_scheduling():
+    clock = WallClock()
+    late, soon = threading.Event(), threading.Event()
+    clock.call_later(60, late.set)
+    clock.call_later(0.05, soon.set)
+    try:
+        assert soon.wait(10)  # not held behind the call scheduled first
+        assert not late.is_set()
+    finally:
+        clock.close()  # joins the timer thread: what was not yet due never runs
+    assert not late.is_set()

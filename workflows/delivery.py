@@ -1,6 +1,8 @@
 """One hop of an event to a subscriber, with Knative's retries, replies and dead letters (§3–§5).
 
-`Dispatcher.deliver(hop, event)` runs the whole life of one subscription's delivery:
+`Dispatcher.deliver(hop, event)` is the whole life of one subscription's delivery, as a generator
+that yields each wait before a retry: whoever drives it (the runner) resumes it once that wait is
+over, so no thread is held while a delivery waits (Knative's dispatcher schedules retries too).
 
 1. POST the event in binary mode (structured for `format: json`) with `Prefer: reply` and
    `Kn-Namespace`; attempts = 1 + retry, retried on no response, 5xx, 404, 408, 409 and 429,
@@ -20,9 +22,12 @@
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -43,28 +48,82 @@ ERROR_DATA_BYTES = 768  # base64 of 768 bytes is Knative's 1024-character limit
 
 
 class Clock(Protocol):
-    """Time as the runner sees it; tests inject one whose sleep returns at once."""
+    """Time as the runner sees it: `now()` stamps events, `call_later()` ends a retry's wait.
+
+    Tests inject one that calls back at once (testing.FakeClock), so backoffs take no time.
+    `callback` must be quick (the runner's only queues work for a worker): it may run on the
+    clock's own thread.
+    """
 
     def now(self) -> datetime: ...
 
-    def sleep(self, seconds: float) -> None: ...
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> None: ...
 
 
 class WallClock:
-    """Real time; `sleep` returns early once `stopping` is set, so shutdown is not held up."""
+    """Real time. Pending calls wait in a heap by due time, served by one timer thread.
 
-    def __init__(self, stopping: threading.Event) -> None:
-        self._stopping = stopping
+    The thread starts with the first call and ends on `close()`; a call scheduled later but due
+    sooner than another is never held behind it.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()  # breaks ties in due time: callables do not compare
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-    def sleep(self, seconds: float) -> None:
-        self._stopping.wait(seconds)
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> None:
+        with self._changed:
+            if self._closed:
+                return  # the runner has stopped and already accounted for what was waiting
+            due = time.monotonic() + seconds
+            heapq.heappush(self._due, (due, next(self._order), callback))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="runner-timer", daemon=True)
+                self._thread.start()
+            self._changed.notify()  # it may be due before whatever the thread is waiting for
+
+    def close(self) -> None:
+        """Stop the timer thread; calls not yet due never happen."""
+        with self._changed:
+            self._closed = True
+            self._due.clear()
+            self._changed.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        while (callback := self._next_due()) is not None:
+            try:
+                callback()
+            except Exception:
+                # Dying here would leave every later retry waiting forever.
+                log.exception("timer callback failed")
+
+    def _next_due(self) -> Callable[[], None] | None:
+        """Wait until the earliest call is due (or an earlier one arrives); None once closed."""
+        with self._changed:
+            while not self._closed:
+                wait = self._due[0][0] - time.monotonic() if self._due else None
+                if wait is not None and wait <= 0:
+                    return heapq.heappop(self._due)[2]
+                self._changed.wait(wait)
+            return None
 
 
 class Stopped(Exception):
     """The runner is stopping: abandon the delivery."""
+
+
+# What `deliver` returns: it yields the seconds to wait before each retry, and must be resumed
+# (next()) once they have passed.
+Waits = Generator[float, None, None]
 
 
 @dataclass(frozen=True)
@@ -102,16 +161,16 @@ class Outcome:
 
 
 class Dispatcher:
-    def __init__(self, clock: Clock, stopping: threading.Event) -> None:
-        self.clock = clock
+    def __init__(self, stopping: threading.Event) -> None:
         self._stopping = stopping
 
-    def deliver(self, hop: Hop, event: Event) -> None:
+    def deliver(self, hop: Hop, event: Event) -> Waits:
+        """Deliver `event` over `hop`; a generator yielding each wait before a retry."""
         # The broker-filter strips the TTL before calling the subscriber (§2).
         sent = event.with_attributes(**{TTL: None}) if hop.behind_broker else event
-        outcome = self._attempts(hop, "", hop.url, sent, lambda: self._call(hop, sent))
+        outcome = yield from self._attempts(hop, "", hop.url, sent, lambda: self._call(hop, sent))
         if not outcome.ok:
-            self._dead_letter(hop, event, outcome)
+            yield from self._dead_letter(hop, event, outcome)
             return
         if outcome.reply is None or hop.reply_to is None:
             return
@@ -119,19 +178,20 @@ class Dispatcher:
         if hop.behind_broker:
             reply = reply.with_attributes(**{TTL: event.get(TTL)})
         target = hop.reply_to
-        forwarded = self._attempts(
+        forwarded = yield from self._attempts(
             hop, " reply", target, reply, lambda: self._post(hop, target, reply)
         )
         if not forwarded.ok:
-            self._dead_letter(hop, event, forwarded)
+            yield from self._dead_letter(hop, event, forwarded)
 
     def _attempts(
         self, hop: Hop, leg: str, url: str, event: Event, send: Callable[[], Outcome]
-    ) -> Outcome:
+    ) -> Generator[float, None, Outcome]:
         attempts = hop.delivery.attempts
         for attempt in range(1, attempts + 1):
             if attempt > 1:
-                self.clock.sleep(hop.delivery.wait_before_retry(attempt - 1))
+                yield hop.delivery.wait_before_retry(attempt - 1)
+            # Also between legs (reply, dead letter) within one step: stopping is prompt.
             if self._stopping.is_set():
                 raise Stopped
             outcome = send()
@@ -200,7 +260,7 @@ class Dispatcher:
         detail = "" if ok else response.text[:120].strip()
         return Outcome(response.status_code, detail, error_extensions=extensions), response
 
-    def _dead_letter(self, hop: Hop, event: Event, failure: Outcome) -> None:
+    def _dead_letter(self, hop: Hop, event: Event, failure: Outcome) -> Waits:
         if hop.dead_letter_sink is None:
             log.error(
                 "%s: %s dropped (last status %s): no deadLetterSink",
@@ -211,7 +271,7 @@ class Dispatcher:
             return
         sink = hop.dead_letter_sink
         dead = event.with_attributes(**failure.error_extensions)
-        outcome = self._attempts(
+        outcome = yield from self._attempts(
             hop, " dead letter", sink, dead, lambda: self._post(hop, sink, dead)
         )
         if not outcome.ok:

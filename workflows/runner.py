@@ -4,7 +4,7 @@
 
     services = {"extract-metadata": "http://127.0.0.1:8101", ...}  # every Service it routes to
     runner = Runner.from_manifests(Path("knative"), services=services,
-                                   clock=None)  # clock: an injectable `now()` + `sleep()` (tests)
+                                   clock=None)  # injectable `now()` + `call_later()` (tests)
     server = runner.serve("127.0.0.1", 8100)    # background threads; port 0 picks a free port
     server.url         # "http://127.0.0.1:8100"
     server.broker_url  # ".../imagerec/default": the only Broker, or the one named default
@@ -20,9 +20,11 @@ Parallel -> its ingress channel; `uri` alone -> as written; `ref` + relative `ur
 The model is the production one, not IMC's synchronous default (semantics §2): the ingress
 answers 202 as soon as the event is accepted and delivers it afterwards, from a pool of worker
 threads, so a producer never waits for (or learns about) a subscriber's failure. What is pending
-lives in memory: a stopped runner forgets it, as a deleted in-memory channel does. A delivery
-waiting to retry holds its worker while it waits (`workers`, 64 by default, bounds how many
-deliveries are under way at once).
+lives in memory: a stopped runner forgets it (logging each delivery it abandons), as a deleted
+in-memory channel does. A delivery waiting to retry holds no worker: the clock calls it back when
+its backoff is over and it queues for the next free worker (`workers`, 64 by default, bounds how
+many attempts are under way at once), so deliveries retrying against a dead service never hold
+up those of a healthy one.
 
 Not modelled: `cesql` filters (refused when loading, see filters.py), `retryAfterMax` (a feature
 Knative ships disabled), TLS and auth on hops, IMC's synchronous mode, kustomize patches.
@@ -53,7 +55,7 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 from imagerec.events import BadEvent
-from workflows.delivery import TTL, Clock, Dispatcher, Hop, Stopped, WallClock
+from workflows.delivery import TTL, Clock, Dispatcher, Hop, Stopped, Waits, WallClock
 from workflows.manifests import (
     BROKER_DEFAULT_DELIVERY,
     Delivery,
@@ -96,6 +98,15 @@ class Server:
         self.stop()
 
 
+@dataclass(eq=False)  # kept in a set by identity
+class _Delivery:
+    """One subscription's delivery of one event, between the steps a worker runs."""
+
+    hop: Hop
+    event: Event
+    waits: Waits  # Dispatcher.deliver(hop, event), resumed after each wait
+
+
 class Runner:
     def __init__(
         self,
@@ -107,11 +118,18 @@ class Runner:
         self.manifests = manifests
         self.services = dict(services)
         self._stopping = threading.Event()
-        self.clock: Clock = clock or WallClock(self._stopping)
-        self._dispatcher = Dispatcher(self.clock, self._stopping)
+        self._own_clock: WallClock | None = None
+        if clock is None:
+            # A clock made here is ours to close on stop; an injected one is its owner's.
+            clock = self._own_clock = WallClock()
+        self.clock: Clock = clock
+        self._dispatcher = Dispatcher(self._stopping)
         self._workers = workers
-        self._tasks: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._tasks: queue.Queue[_Delivery | None] = queue.Queue()
+        # Deliveries queued, running or waiting to retry (what wait_idle waits for); the last
+        # are also in _waiting, so that stop() can abandon them at once. Both under _idle.
         self._pending = 0
+        self._waiting: set[_Delivery] = set()
         self._idle = threading.Condition()
         self._base_url: str | None = None
         self._brokers: dict[Key, list[tuple[Trigger, Hop]]] = {}
@@ -153,11 +171,19 @@ class Runner:
             thread.start()
 
         def stop() -> None:
-            if self._stopping.is_set():
-                return
-            self._stopping.set()
+            with self._idle:
+                if self._stopping.is_set():
+                    return
+                self._stopping.set()
+                waiting, self._waiting = self._waiting, set()
             httpd.shutdown()
             httpd.server_close()
+            # Not under _idle: the timer thread may be in a callback that needs it.
+            if self._own_clock is not None:
+                self._own_clock.close()
+            for delivery in waiting:
+                self._abandon(delivery)
+            # Queued deliveries come before these and are abandoned (logged) by the workers.
             for _ in range(self._workers):
                 self._tasks.put(None)
 
@@ -378,29 +404,65 @@ class Runner:
 
     def _fan_out(self, event: Event, hops: Iterable[Hop]) -> None:
         for hop in hops:
-            self._submit(lambda hop=hop: self._dispatcher.deliver(hop, event))
+            self._submit(_Delivery(hop, event, self._dispatcher.deliver(hop, event)))
 
     # -- workers -----------------------------------------------------------------------------
 
-    def _submit(self, task: Callable[[], None]) -> None:
+    def _submit(self, delivery: _Delivery) -> None:
         with self._idle:
-            if self._stopping.is_set():
-                return  # no worker is left to run it
-            self._pending += 1
-        self._tasks.put(task)
+            stopping = self._stopping.is_set()
+            if not stopping:
+                self._pending += 1
+                self._tasks.put(delivery)
+        if stopping:  # no worker is left to run it
+            log.warning(
+                "%s: %s not delivered: the runner is stopping", delivery.hop.name, delivery.event
+            )
 
     def _work(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            try:
-                task()
-            except Stopped:
-                pass
-            except Exception:
-                log.exception("delivery failed unexpectedly")
-            finally:
-                with self._idle:
-                    self._pending -= 1
-                    self._idle.notify_all()
+        while (delivery := self._tasks.get()) is not None:
+            self._step(delivery)
+
+    def _step(self, delivery: _Delivery) -> None:
+        """Run a delivery's attempts up to its next wait, and leave that wait to the clock."""
+        try:
+            wait = next(delivery.waits)
+        except StopIteration:
+            self._finished()
+            return
+        except Stopped:
+            self._abandon(delivery)
+            return
+        except Exception:
+            log.exception("%s: %s: delivery failed unexpectedly", delivery.hop.name, delivery.event)
+            self._finished()
+            return
+        with self._idle:
+            stopping = self._stopping.is_set()
+            if not stopping:
+                self._waiting.add(delivery)
+        if stopping:
+            self._abandon(delivery)
+            return
+        # Outside the lock: a fake clock calls back at once, from this thread.
+        self.clock.call_later(wait, lambda: self._retry_due(delivery))
+
+    def _retry_due(self, delivery: _Delivery) -> None:
+        """The clock's callback when a wait is over: the next attempt queues for a worker."""
+        with self._idle:
+            if delivery in self._waiting:  # else stop() has abandoned it meanwhile
+                self._waiting.remove(delivery)
+                self._tasks.put(delivery)
+
+    def _abandon(self, delivery: _Delivery) -> None:
+        delivery.waits.close()
+        log.warning("%s: %s abandoned: the runner is stopping", delivery.hop.name, delivery.event)
+        self._finished()
+
+    def _finished(self) -> None:
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
 
 
 def _broker_path(namespace: str, name: str) -> str:

@@ -1,12 +1,12 @@
 """Test support for the runner (and for tests of whatever runs behind it).
 
-- `FakeClock`: `sleep()` returns at once and is recorded in `.sleeps`, so backoff waits are
-  checked exactly without waiting; `now()` moves forward by them.
+- `FakeClock`: a retry's wait is over at once; each wait is recorded in `.sleeps`, so backoffs
+  are checked exactly without waiting, and `now()` moves forward by it.
 - `Subscriber(respond)`: a real HTTP server on 127.0.0.1 that records each request (`.received()`,
-  `.types()`) and answers with `respond(request) -> (status, headers, body)`; `reply_with(...)`
-  builds a 200 carrying a CloudEvent reply.
-- `running(folder, manifests, services, clock)`: a served runner over manifests written to a
-  folder; `post_event(url, type, ...)` posts as a producer does.
+  `.types()`, `.wait_for(count)`) and answers with `respond(request) -> (status, headers, body)`;
+  `reply_with(...)` builds a 200 carrying a CloudEvent reply.
+- `running(folder, manifests, services, clock, workers)`: a served runner over manifests written
+  to a folder; `post_event(url, type, ...)` posts as a producer does.
 - `broker()`, `trigger()`, `sequence()`, `parallel()`, `ref()`: manifest documents as dicts.
 """
 
@@ -32,7 +32,7 @@ from workflows.runner import Runner, Server
 
 
 class FakeClock:
-    """Records each sleep and moves `now()` forward by it instead of waiting."""
+    """Records each wait and moves `now()` forward by it, then calls back at once."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2026, 1, 1, tzinfo=UTC)
@@ -43,10 +43,11 @@ class FakeClock:
         with self._lock:
             return self._now
 
-    def sleep(self, seconds: float) -> None:
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> None:
         with self._lock:
             self.sleeps.append(seconds)
             self._now += timedelta(seconds=seconds)
+        callback()
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class Subscriber:
     def __init__(self, respond: Callable[[Request], Response] = accept) -> None:
         self.respond = respond
         self.requests: list[Request] = []
-        self._lock = threading.Lock()
+        self._arrived = threading.Condition()
         handler = type("Handler", (_SubscriberHandler,), {"subscriber": self})
         self._httpd = _SubscriberServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
@@ -105,15 +106,23 @@ class Subscriber:
         self._httpd.server_close()
 
     def received(self) -> list[Request]:
-        with self._lock:
+        with self._arrived:
             return list(self.requests)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Request]:
+        """The first `count` requests, once they have arrived; TimeoutError if they do not."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self.requests) >= count, timeout):
+                raise TimeoutError(f"{len(self.requests)} of {count} requests after {timeout}s")
+            return self.requests[:count]
 
     def types(self) -> list[str | None]:
         return [request.attributes.get("type") for request in self.received()]
 
     def _record(self, request: Request) -> Response:
-        with self._lock:
+        with self._arrived:
             self.requests.append(request)
+            self._arrived.notify_all()
         return self.respond(request)
 
 
@@ -165,13 +174,14 @@ def running(
     manifests: str | list[dict[str, Any]],
     services: Mapping[str, str],
     clock: Clock | None = None,
+    workers: int = 64,
 ) -> Iterator[tuple[Runner, Server]]:
     """A runner serving the given manifests (YAML text or documents) on a free port."""
     folder.mkdir(parents=True, exist_ok=True)
     if not isinstance(manifests, str):
         manifests = yaml.safe_dump_all(manifests, sort_keys=False)
     (folder / "routing.yaml").write_text(dedent(manifests))
-    runner = Runner.from_manifests(folder, services, clock=clock)
+    runner = Runner.from_manifests(folder, services, clock=clock, workers=workers)
     server = runner.serve("127.0.0.1", 0)
     try:
         yield runner, server
