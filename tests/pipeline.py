@@ -150,16 +150,21 @@ def running_step(module: str, env: dict[str, str], timeout: float = 60.0) -> Ite
         process.stderr.close()
 
 
-def start_dev_stack(data_dir: Path, monkeypatch: Any, warm: bool = True, **env: str) -> DevStack:
-    """`imagerec dev`'s whole stack on free ports, its data in `data_dir`, the offline detector,
-    and a reconciler quick enough for tests (stuck after 4 s, checked every second)."""
+def start_dev_stack(
+    data_dir: Path, monkeypatch: Any, ready_timeout: float = 120.0, **env: str
+) -> DevStack:
+    """`imagerec dev`'s whole stack on free ports, its data in `data_dir`, the offline detector.
+
+    Its reconciler checks every second but finds nothing stuck for an hour, so a test sees
+    what the runner itself delivers; a test of the reconciler sets IMAGEREC_STUCK_AFTER_SECONDS.
+    """
     settings_env = {
         "IMAGEREC_DATA_DIR": str(data_dir),
         "IMAGEREC_DETECTOR_MODEL": str(MODEL),
-        "IMAGEREC_STUCK_AFTER_SECONDS": "4",
+        "IMAGEREC_STUCK_AFTER_SECONDS": "3600",
         **env,
     }
     for key, value in settings_env.items():
         monkeypatch.setenv(key, value)
     stack = DevStack(load_settings(), port=free_port(), reconcile_interval=1.0)
-    return stack.start(warm=warm)
+    return stack.start(ready_timeout)
