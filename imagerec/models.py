@@ -52,6 +52,9 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A signed session cookie carries the epoch it was made in; signing out moves it on, so
+    # a copy of the cookie (kept, stolen) no longer signs anyone in.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     albums: Mapped[list[Album]] = relationship(

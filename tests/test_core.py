@@ -23,7 +23,7 @@ from imagerec.events import (
     new_event,
     parse_event,
 )
-from imagerec.models import Album, Image, User
+from imagerec.models import Album, Base, Image, User
 
 UPLOAD = {
     "imageId": "abc123",
@@ -88,6 +88,16 @@ def test_keys_are_made_by_the_service():
 def test_migrations_create_the_schema(backend):
     tables = set(inspect(get_engine(backend.database_url)).get_table_names())
     assert {"users", "albums", "images", "detections", "alembic_version"} <= tables
+
+
+def test_the_migrated_schema_is_what_the_models_declare(backend):
+    """A model changed without its Alembic revision (or the reverse) shows up here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with get_engine(backend.database_url).connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
 
 
 def test_deleting_a_user_cascades(backend):

@@ -302,3 +302,34 @@ def test_an_unreachable_database_is_503_not_500(backend):
     response = client.api("POST", "/api/session", json={"username": "ann", "password": PASSWORD})
     assert response.status_code == 503
     assert response.json["error"] == "The database is unreachable; try again shortly."
+
+
+def test_signing_out_revokes_a_copy_of_the_session_cookie(app, ann):
+    copy = app.test_client()
+    cookie = ann.client.get_cookie("session")
+    copy.set_cookie("session", cookie.value)
+    assert copy.get("/api/albums").status_code == 200
+
+    assert ann.api("DELETE", "/api/session").status_code == 200
+
+    assert copy.get("/api/albums").status_code == 401
+    assert copy.get("/").status_code == 302  # to the sign-in page
+
+
+def test_signing_in_again_after_signing_out_works(app, ann):
+    ann.csrf = ann.api("DELETE", "/api/session").json["csrfToken"]
+    again = ann.api("POST", "/api/session", json={"username": "ann", "password": PASSWORD})
+    assert again.status_code == 200
+    assert ann.get("/api/albums").status_code == 200
+
+
+def test_every_state_changing_route_needs_the_csrf_token(app, ann):
+    """Walks the whole URL map, so a route added later is covered too."""
+    checked = []
+    for rule in app.url_map.iter_rules():
+        for method in sorted((rule.methods or set()) & {"POST", "PUT", "PATCH", "DELETE"}):
+            url = rule.build({"album_id": 1, "image_id": "x" * 32}, append_unknown=False)[1]
+            response = ann.client.open(url, method=method, json={})
+            assert response.status_code == 403, (method, url, response.status_code)
+            checked.append((method, rule.rule))
+    assert len(checked) >= 15

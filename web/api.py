@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 import sqlalchemy.exc
-from flask import Blueprint, Flask, g, jsonify, render_template, request, session
+from flask import Blueprint, Flask, g, jsonify, render_template, request
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
@@ -65,7 +65,7 @@ def sign_in():
 
 @bp.delete("/session")
 def sign_out():
-    session.clear()
+    auth.end_session()
     return {"user": None, "csrfToken": auth.csrf_token()}
 
 

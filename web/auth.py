@@ -66,7 +66,10 @@ def load_logged_in_user() -> None:
     if request.endpoint == "static":
         return
     user_id = session.get("user_id")
-    g.user = get_session().get(User, user_id) if user_id is not None else None
+    user = get_session().get(User, user_id) if user_id is not None else None
+    if user is not None and session.get("epoch") != user.session_epoch:
+        user = None  # the account signed out since this cookie was made
+    g.user = user
 
 
 def login_required(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -150,7 +153,19 @@ def start_session(user: User) -> None:
     # A fresh session (and CSRF token) at sign-in, so a planted cookie gains nothing.
     session.clear()
     session["user_id"] = user.id
+    session["epoch"] = user.session_epoch
     csrf_token()
+
+
+def end_session() -> None:
+    """Sign out: this cookie and every other one made for the account stop working."""
+    if g.user is not None:
+        db = get_session()
+        db.execute(
+            update(User).where(User.id == g.user.id).values(session_epoch=User.session_epoch + 1)
+        )
+        db.commit()
+    session.clear()
 
 
 def _safe_next(target: str | None) -> str:
@@ -193,7 +208,7 @@ def signin():
 
 @bp.post("/signout")
 def signout():
-    session.clear()
+    end_session()
     return redirect(url_for("auth.signin"))
 
 
