@@ -128,6 +128,31 @@ def test_filter_by_label(backend, ann):
         assert f'class="filter-chip" data-label="{label}"' in unfiltered
 
 
+def test_a_label_asked_in_another_case_is_the_active_filter(backend, ann):
+    album_id = ann.create_album()
+    dog = ann.upload_one(album_id, DOG)
+    set_done(backend, dog["id"], [("Dog", 0.9, [0, 0, 1, 1])])
+
+    page = ann.get(f"/albums/{album_id}?label=dOG").text
+
+    assert re.search(r'class="filter-chip active" data-label="Dog"', page)
+    assert f'id="photo-{dog["id"]}"' in page
+
+
+@pytest.mark.parametrize("action", ["delete", "retry"])
+def test_acting_on_a_photo_keeps_the_albums_filter(backend, ann, action):
+    album_id = ann.create_album()
+    image = ann.upload_one(album_id, DOG)
+    set_done(backend, image["id"], [("Dog", 0.9, [0, 0, 1, 1])], status="failed")
+    page = ann.get(f"/albums/{album_id}?label=Dog").text
+    assert 'name="label" value="Dog"' in page
+
+    response = ann.form(f"/photos/{image['id']}/{action}", {"label": "Dog"})
+
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"/albums/{album_id}?label=Dog"
+
+
 def test_photo_view_draws_boxes_and_all_metadata(backend, ann):
     album_id = ann.create_album()
     image = ann.upload_one(album_id, IMAGES / SAMSUNG["file"])

@@ -104,14 +104,17 @@ def create():
 @login_required
 def album(album_id: int):
     album = library.get_album(album_id)
-    label = request.args.get("label") or None
-    images = library.list_images(album, label)
+    labels = library.labels_in(album)
+    # Matching is case-insensitive: show the label as the detector spells it (`dog` -> Dog).
+    asked = (request.args.get("label") or "").strip()
+    label = next((x["label"] for x in labels if x["label"].lower() == asked.lower()), asked)
+    images = library.list_images(album, label or None)
     return render_template(
         "albums/album.html",
         album=album,
         images=[library.image_json(i) for i in images],
-        labels=library.labels_in(album),
-        label=label,
+        labels=labels,
+        label=label or None,
         max_upload_bytes=current_app.config["MAX_UPLOAD_BYTES"],
     )
 

@@ -9,7 +9,16 @@ from __future__ import annotations
 import io
 import logging
 
-from flask import Blueprint, Response, current_app, flash, redirect, render_template, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
 
 from imagerec.blobstore import BlobNotFound, BlobStoreUnavailable
@@ -41,7 +50,7 @@ def delete(image_id: str):
     album_id, name = image.album_id, image.file_name
     library.delete_image(image)
     flash(f"Deleted {name}.", "info")
-    return redirect(url_for("albums.album", album_id=album_id))
+    return _back_to_album(album_id)
 
 
 @bp.post("/<image_id>/retry")
@@ -52,7 +61,13 @@ def retry(image_id: str):
         library.retry(image)
     except Conflict as e:
         flash(e.description, "error")
-    return redirect(url_for("albums.album", album_id=image.album_id))
+    return _back_to_album(image.album_id)
+
+
+def _back_to_album(album_id: int):
+    """The album page, still filtered by the label it was filtered by (the form says which)."""
+    label = request.form.get("label") or None
+    return redirect(url_for("albums.album", album_id=album_id, label=label))
 
 
 @bp.get("/<image_id>/original")

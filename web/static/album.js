@@ -145,8 +145,23 @@
     for (const item of uploadList.querySelectorAll(".upload-item[data-image-id]")) {
       const image = images.find((i) => i.id === item.dataset.imageId);
       if (image) setUploadState(item, image.status, STATUS_TEXT[image.status] || image.status);
+      else if (BUSY.has(item.dataset.state)) followUpload(item); // not in this filtered view
     }
     if (!label) renderFilter(images);
+  }
+
+  // A photo uploaded while the album is filtered may never show in the filtered list: ask for it.
+  async function followUpload(item) {
+    try {
+      const response = await fetch("/api/images/" + encodeURIComponent(item.dataset.imageId), {
+        headers: { Accept: "application/json" },
+      });
+      if (!response.ok) return;
+      const image = (await response.json()).image;
+      setUploadState(item, image.status, STATUS_TEXT[image.status] || image.status);
+    } catch (error) {
+      // Offline for a moment: the next poll asks again.
+    }
   }
 
   function renderFilter(images) {
