@@ -143,6 +143,26 @@ def test_thumbnail_size_comes_from_the_settings(configured, extract, client, own
     assert max(thumbnail_of(configured, reply).size) == 64
 
 
+def test_a_large_jpeg_is_decoded_at_reduced_scale(configured, extract, client, owner, monkeypatch):
+    """Pillow's draft(): libjpeg decodes the 4608x1976 photo at 1/4 scale, never in full."""
+    decoded: list[tuple[int, int]] = []
+    load = Image.Image.load
+
+    def recording_load(image: Image.Image):
+        if image.format == "JPEG":
+            decoded.append(image.size)
+        return load(image)
+
+    accepted = accepted_data(configured, extract, IMAGES / "exif/nokia_8_3_gps.jpg", owner)
+    width, height = accepted["metadata"]["dimensions"].values()
+    monkeypatch.setattr(Image.Image, "load", recording_load)
+    reply_data(post_event(client, event_for(accepted, ACCEPTED)))
+
+    assert decoded, "the original was never decoded"
+    assert max(max(size) for size in decoded) <= max(width, height) // 4
+    assert all(max(size) >= 256 for size in decoded)  # never below the thumbnail's size
+
+
 def _draw(mode: str, size: tuple[int, int] = (300, 200)) -> Image.Image:
     """A test card in `mode`: left half opaque dark, right half fully transparent (if it can be)."""
     if mode in ("RGBA", "LA", "PA", "P"):

@@ -196,3 +196,25 @@ def post(url: str, event: CloudEvent, structured: bool = False) -> CloudEvent:
     response = requests.post(url, data=body, headers=headers, timeout=60)
     assert response.status_code == 200, response.text
     return parse_event(dict(response.headers), response.content)
+
+
+@pytest.mark.parametrize("down", ["IMAGEREC_BLOB_URL", "IMAGEREC_DATABASE_URL"])
+def test_an_unreachable_store_is_a_503_so_knative_retries(
+    clients, embedded_backend, monkeypatch, down
+):
+    owner = make_owner(embedded_backend)
+    data = put_original(embedded_backend, IMAGES / DOG["file"], *owner)
+    unreachable = {
+        "IMAGEREC_BLOB_URL": "redis://127.0.0.1:1/0",
+        "IMAGEREC_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none",
+    }
+    for key, value in {**embedded_backend.env, down: unreachable[down]}.items():
+        monkeypatch.setenv(key, value)
+    imagerec.steps.settings.cache_clear()
+    try:
+        response = post_event(clients["extract_metadata"], event_for(data))
+    finally:
+        imagerec.steps.settings.cache_clear()
+
+    assert response.status_code == 503
+    assert response.get_data(as_text=True).startswith("unavailable, retry later")
