@@ -1,4 +1,4 @@
-"""Image rows: registering an upload, moving its status, and describing it as an event."""
+"""Image rows: registering an upload, matching later events to it, describing it as an event."""
 
 from __future__ import annotations
 
@@ -89,16 +89,6 @@ def duplicate_reason(twin: Image) -> str:
     return f"This photo is already in the album as {twin.file_name}."
 
 
-def set_status(session: Session, image_id: str, status: Status, reason: str | None = None) -> bool:
-    """Move an image to `status`; False when there is no such image."""
-    image = session.get(Image, image_id)
-    if image is None:
-        return False
-    image.status = status
-    image.reason = reason
-    return True
-
-
 def uploaded_event_data(image: Image) -> dict[str, Any]:
     """The data of the dev.imagerec.image.uploaded event that starts this image's workflow."""
     return {
@@ -110,7 +100,3 @@ def uploaded_event_data(image: Image) -> dict[str, Any]:
         "contentType": image.content_type,
         "size": image.size,
     }
-
-
-def images_in_status(session: Session, *statuses: Status) -> list[Image]:
-    return list(session.scalars(select(Image).where(Image.status.in_(statuses))))
