@@ -22,5 +22,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("users") as batch:
+    # Never by copying the table: on SQLite that drops `users`, and with foreign keys on the
+    # drop cascades to every album and photo. SQLite >= 3.35 drops a column in place.
+    with op.batch_alter_table("users", recreate="never") as batch:
         batch.drop_column("session_epoch")
