@@ -44,7 +44,6 @@ def record_failure(event: CloudEvent) -> None:
                 "dead letter for unknown image %s (%s): %s", image_id, event["type"], reason
             )
         elif not _about(image, event):
-            # E.g. an emitter's event naming someone else's image id, refused upstream.
             log.warning("dead letter %s does not match image %s: %s", event["id"], image_id, reason)
         elif image.status not in (Status.UPLOADED, Status.PROCESSING):
             # A finished photo stays finished: this is a stale redelivery, or only announcing
@@ -59,20 +58,27 @@ def record_failure(event: CloudEvent) -> None:
 
 
 def _about(image: Image, event: CloudEvent) -> bool:
-    """False when the dead event names another owner, album or original than the image's.
+    """Whether the dead event names this image's owner, album and original.
 
-    Data a step could not read at all (the reason it died) names nothing, so it counts.
+    Every event the pipeline itself sends carries them; one that does not (unreadable data, or
+    an outsider's event naming someone else's image id) must not fail the photo. The
+    reconciler re-sends a photo that stays stuck.
     """
     data = event.data
     if isinstance(data, bytes | str):
         try:
             data = json.loads(data)
-        except ValueError:
-            return True
+        except (ValueError, RecursionError):
+            return False
     if not isinstance(data, dict):
-        return True
-    named = {"userId": image.user_id, "albumId": image.album_id, "blobKey": image.blob_key}
-    return all(data[field] == value for field, value in named.items() if field in data)
+        return False
+    named = {
+        "imageId": image.id,
+        "userId": image.user_id,
+        "albumId": image.album_id,
+        "blobKey": image.blob_key,
+    }
+    return all(field in data and data[field] == value for field, value in named.items())
 
 
 def failure_reason(event: CloudEvent) -> str:
