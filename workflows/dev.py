@@ -62,10 +62,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Looked up here, not in the child: between fork and exec only async-signal-safe work is safe,
+# and loading a library could wait forever on a loader lock another thread held at the fork.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent() -> None:
     # If `imagerec dev` is killed outright, the kernel stops its children too: no orphans.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -79,6 +83,8 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     _stopping: threading.Event = field(default_factory=threading.Event)
+    # Held while a process is started or signalled: a restart never slips past a stop.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
         self._spawn()
@@ -120,7 +126,10 @@ class Child:
             say("dev", f"{self.name} exited with {code}; restarting in {delay}s")
             if self._stopping.wait(delay):
                 return
-            self._spawn()
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._spawn()
 
     def wait_ready(self, timeout: float, warm: bool = True) -> bool:
         """Wait until it answers; with `warm`, until it says it is ready (2xx-4xx)."""
@@ -136,9 +145,10 @@ class Child:
 
     def signal_stop(self) -> None:
         """Ask the child and every process it started (its workers) to stop."""
-        self._stopping.set()
-        if self.process and self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
+        with self._lock:
+            self._stopping.set()
+            if self.process and self.process.poll() is None:
+                _signal_group(self.process.pid, signal.SIGTERM)
 
     def wait_stopped(self, timeout: float = 10.0) -> None:
         if self.process is None:
