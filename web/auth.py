@@ -67,7 +67,8 @@ def load_logged_in_user() -> None:
         return
     user_id = session.get("user_id")
     user = get_session().get(User, user_id) if user_id is not None else None
-    if user is not None and session.get("epoch") != user.session_epoch:
+    # A cookie from before epochs existed counts as epoch 0: valid until the first sign-out.
+    if user is not None and session.get("epoch", 0) != user.session_epoch:
         user = None  # the account signed out since this cookie was made
     g.user = user
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import current_app, g, url_for
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import (
@@ -219,6 +219,8 @@ def upload(album: Album, file: FileStorage) -> Image:
     db.add(image)
     try:
         db.commit()
+    # Any other failure (the database gone mid-commit) keeps the blob: the row may have been
+    # committed all the same, and a stray blob costs only space.
     except IntegrityError:
         # The same bytes raced in through another request: that one wins.
         db.rollback()
@@ -227,10 +229,6 @@ def upload(album: Album, file: FileStorage) -> Image:
         if existing is None:
             raise
         raise Duplicate(file_name, existing) from None
-    except SQLAlchemyError:
-        db.rollback()
-        _delete_blobs([key])  # no row will ever name it
-        raise
     start_workflow(image)
     return image
 

@@ -152,15 +152,22 @@
 
   // A photo uploaded while the album is filtered may never show in the filtered list: ask for it.
   async function followUpload(item) {
+    if (item.dataset.following) return; // still waiting for the last answer
+    item.dataset.following = "1";
     try {
       const response = await fetch("/api/images/" + encodeURIComponent(item.dataset.imageId), {
         headers: { Accept: "application/json" },
       });
-      if (!response.ok) return;
-      const image = (await response.json()).image;
-      setUploadState(item, image.status, STATUS_TEXT[image.status] || image.status);
+      if (response.status === 404) {
+        setUploadState(item, "deleted", "Deleted");
+      } else if (response.ok) {
+        const image = (await response.json()).image;
+        setUploadState(item, image.status, STATUS_TEXT[image.status] || image.status);
+      }
     } catch (error) {
       // Offline for a moment: the next poll asks again.
+    } finally {
+      delete item.dataset.following;
     }
   }
 
