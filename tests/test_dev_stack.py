@@ -18,6 +18,7 @@ from imagerec.blobstore import original_key
 from imagerec.db import session_factory
 from imagerec.events import UPLOADED, encode, new_event
 from imagerec.formats import extension_for
+from imagerec.images import register_upload
 from imagerec.models import Album, Image, Status, User
 from workflows.dev import DevStack
 
@@ -60,25 +61,30 @@ class Emitter:
             s.commit()
             return album.id
 
-    def post(self, path: Path) -> str:
+    def post(self, path: Path, web_row: bool = False, send: bool = True) -> str:
+        """Store the original and announce it; with `web_row`, first make the image row as the
+        web service does before it sends (an outside emitter makes none); without `send`, the
+        announcement is lost on its way (the broker was down)."""
         data = path.read_bytes()
         image_id = uuid4().hex
         key = original_key(self.user_id, self.album_id, image_id, extension_for(data[:16]))
         self.blobs.put(key, data)
-        event = new_event(
-            UPLOADED,
-            "https://emitter.example/camera",
-            {
-                "imageId": image_id,
-                "userId": self.user_id,
-                "albumId": self.album_id,
-                "blobKey": key,
-                "fileName": path.name,
-                "contentType": None,
-                "size": len(data),
-            },
-            subject=image_id,
-        )
+        uploaded = {
+            "imageId": image_id,
+            "userId": self.user_id,
+            "albumId": self.album_id,
+            "blobKey": key,
+            "fileName": path.name,
+            "contentType": None,
+            "size": len(data),
+        }
+        if web_row:
+            with self.sessions() as s:
+                register_upload(s, uploaded, self.blobs)
+                s.commit()
+        if not send:
+            return image_id
+        event = new_event(UPLOADED, "https://emitter.example/camera", uploaded, subject=image_id)
         headers, body = encode(event, structured=True)
         response = requests.post(
             self.stack.server.broker_url, data=body, headers=headers, timeout=10
@@ -173,8 +179,14 @@ def test_a_restarted_runner_is_caught_up_by_the_reconciler(tmp_path, monkeypatch
     stack = start_dev_stack(tmp_path, monkeypatch, IMAGEREC_STUCK_AFTER_SECONDS="4")
     try:
         emitter = Emitter(stack)
-        ids = [emitter.post(IMAGES / n) for n in ("objects/bus.jpg", "objects/horses.jpg")]
+        # Rows first, as the web service makes them: the reconciler knows only images with a
+        # row (an outside emitter's event lost before extract-metadata is the emitter's to send).
+        ids = [
+            emitter.post(IMAGES / name, web_row=True)
+            for name in ("objects/bus.jpg", "objects/horses.jpg")
+        ]
         stack.restart_runner()  # whatever it was delivering is gone
+        ids.append(emitter.post(IMAGES / "objects/eagle.jpg", web_row=True, send=False))
         rows = emitter.wait_final(ids, timeout=120)
         assert {r.status for r in rows.values()} == {Status.DONE}
     finally:
