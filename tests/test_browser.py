@@ -279,3 +279,19 @@ def test_a_failed_photo_shows_why_and_its_retry_button_finishes_it(
     expect(card(page, "horses.jpg")).to_have_attribute("data-status", "done", timeout=PIPELINE_MS)
     expect(card(page, "horses.jpg").locator(".reason")).to_be_hidden()
     expect(card(page, "horses.jpg").locator(".label-chip[data-label='Horse']")).to_be_visible()
+
+
+def test_an_upload_the_filter_hides_still_shows_its_progress(page: Page, stack: DevStack) -> None:
+    sign_up(page, stack)
+    create_album(page, "Filtered")
+    page.set_input_files("#file-input", [IMAGES / "objects/dog.jpg"])
+    expect(card(page, "dog.jpg")).to_have_attribute("data-status", "done", timeout=PIPELINE_MS)
+    page.goto(page.url + "?label=dog")  # any case: the chip shown active is the detector's Dog
+    expect(page.locator("#label-filter .filter-chip.active")).to_have_attribute("data-label", "Dog")
+
+    page.set_input_files("#file-input", [IMAGES / "objects/eagle.jpg"])
+
+    eagle = page.locator("#upload-list .upload-item[data-file-name='eagle.jpg']")
+    expect(eagle).to_have_attribute("data-state", "done", timeout=PIPELINE_MS)
+    expect(card(page, "eagle.jpg")).to_have_count(0)  # a bird is not a dog
+    expect(page.locator("#photo-grid .photo-card")).to_have_count(1)
