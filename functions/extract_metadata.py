@@ -187,7 +187,7 @@ def _unsupported(original: bytes) -> str:
 
 def _refuse_duplicate(data: dict[str, Any], content_hash: str) -> None:
     with db_session() as session:
-        twin = same_photo_in_album(session, data["imageId"], data["albumId"], content_hash)
+        twin = same_photo_in_album(session, data["albumId"], content_hash, data["imageId"])
         if twin is not None:
             raise _Unacceptable(duplicate_reason(twin))
 

@@ -40,7 +40,7 @@ def store_results(event: CloudEvent) -> CloudEvent:
         session.refresh(image, with_for_update=True)
         content_hash = (data.get("metadata") or {}).get("contentHash")
         twin = content_hash and same_photo_in_album(
-            session, data["imageId"], data["albumId"], content_hash
+            session, data["albumId"], content_hash, data["imageId"]
         )
         if twin:
             status = Status.REJECTED

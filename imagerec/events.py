@@ -51,6 +51,11 @@ class BadEvent(ValueError):
     """The request is not a valid imagerec CloudEvent; retrying cannot help."""
 
 
+def retried(status: int | None) -> bool:
+    """Whether Knative retries a delivery that got this answer (None: no answer at all)."""
+    return status is None or status >= 500 or status in (404, 408, 409, 429)
+
+
 class EmitFailed(RuntimeError):
     """The sink did not take the event; `status` is its answer (None: no answer at all)."""
 
@@ -61,7 +66,7 @@ class EmitFailed(RuntimeError):
     @property
     def sink_down(self) -> bool:
         """Whether any event would fail now, not just this one (Knative's retry set)."""
-        return self.status is None or self.status >= 500 or self.status in (404, 408, 409, 429)
+        return retried(self.status)
 
 
 def media_type(content_type: str | None) -> str:

@@ -73,16 +73,13 @@ def _check_same_upload(image: Image, data: dict[str, Any]) -> None:
 
 
 def same_photo_in_album(
-    session: Session, image_id: str, album_id: int, content_hash: str
+    session: Session, album_id: int, content_hash: str, other_than: str | None = None
 ) -> Image | None:
-    """Another image of the album with the same bytes: a photo is kept once per album."""
-    return session.scalars(
-        select(Image).where(
-            Image.album_id == album_id,
-            Image.content_hash == content_hash,
-            Image.id != image_id,
-        )
-    ).first()
+    """An image of the album with these bytes (but `other_than`): a photo is kept once."""
+    query = select(Image).where(Image.album_id == album_id, Image.content_hash == content_hash)
+    if other_than is not None:
+        query = query.where(Image.id != other_than)
+    return session.scalars(query).first()
 
 
 def duplicate_reason(twin: Image) -> str:

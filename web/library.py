@@ -30,7 +30,7 @@ from werkzeug.exceptions import (
 from imagerec.blobstore import BlobStoreUnavailable, original_key, thumbnail_key
 from imagerec.events import UPLOADED, new_event
 from imagerec.formats import extension_for
-from imagerec.images import uploaded_event_data
+from imagerec.images import same_photo_in_album, uploaded_event_data
 from imagerec.models import Album, Detection, Image, Status
 from web.broker import sender
 from web.db import get_blobs, get_session
@@ -193,7 +193,7 @@ def upload(album: Album, file: FileStorage) -> Image:
     if not data:
         raise BadRequest(f"{file_name} is empty (0 bytes).")
     content_hash = hashlib.sha256(data).hexdigest()
-    existing = _same_bytes(album, content_hash)
+    existing = same_photo_in_album(get_session(), album.id, content_hash)
     if existing is not None:
         raise Duplicate(file_name, existing)
 
@@ -225,7 +225,7 @@ def upload(album: Album, file: FileStorage) -> Image:
         # The same bytes raced in through another request: that one wins.
         db.rollback()
         get_blobs().delete(key)
-        existing = _same_bytes(album, content_hash)
+        existing = same_photo_in_album(get_session(), album.id, content_hash)
         if existing is None:
             raise
         raise Duplicate(file_name, existing) from None
@@ -258,12 +258,6 @@ def delete_image(image: Image) -> None:
     db.delete(image)
     db.commit()
     _delete_blobs(keys)
-
-
-def _same_bytes(album: Album, content_hash: str) -> Image | None:
-    return get_session().scalar(
-        select(Image).where(Image.album_id == album.id, Image.content_hash == content_hash)
-    )
 
 
 def _blob_keys(image: Image) -> list[str]:

@@ -34,13 +34,12 @@ from typing import Protocol
 
 import requests
 
-from imagerec.events import BadEvent
+from imagerec.events import BadEvent, retried
 from workflows.manifests import Delivery
 from workflows.wire import Event, decode, encode, is_cloudevent
 
 log = logging.getLogger("workflows.runner")
 
-RETRIED_STATUSES = frozenset({404, 408, 409, 429})
 # No `timeout` anywhere: a Knative Service's own request limit (timeoutSeconds) then applies.
 DEFAULT_TIMEOUT = 300.0
 TTL = "knativebrokerttl"
@@ -157,7 +156,7 @@ class Outcome:
 
     @property
     def retryable(self) -> bool:
-        return self.status is None or self.status >= 500 or self.status in RETRIED_STATUSES
+        return retried(self.status)
 
 
 class Dispatcher:
