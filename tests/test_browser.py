@@ -231,7 +231,9 @@ def test_dropped_photos_upload_and_a_repeat_is_named_a_duplicate(
     expect(page.locator("#upload-list .upload-item")).to_have_count(2)
     repeat = page.locator("#upload-list .upload-item").first
     expect(repeat).to_have_attribute("data-state", "duplicate")
-    expect(repeat.locator(".upload-state")).to_contain_text("Already in this album as eagle.jpg")
+    expect(repeat.locator(".upload-state")).to_contain_text(
+        re.compile("already in this album as eagle.jpg", re.I)
+    )
     expect(page.locator("#photo-grid .photo-card")).to_have_count(1)
     shot(page, "08-duplicate")
 

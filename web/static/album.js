@@ -312,9 +312,10 @@
           }
           refresh();
         } else if (xhr.status === 409 && body.duplicates && body.duplicates.length) {
-          const original = body.duplicates[0].duplicateOf;
-          item.dataset.imageId = original.id;
-          setUploadState(item, "duplicate", "Already in this album as " + original.fileName);
+          // Not this upload's photo: its status must never be painted on this row.
+          const duplicate = body.duplicates[0];
+          item.dataset.duplicateOf = duplicate.duplicateOf.id;
+          setUploadState(item, "duplicate", duplicate.message);
         } else {
           setUploadState(item, "error", body.error || "Upload failed (" + xhr.status + ").");
         }
