@@ -30,6 +30,7 @@ from imagerec import models
 from imagerec.events import ACCEPTED, REJECTED, UPLOADED, BadEvent, event_data, new_event
 from imagerec.formats import sniff_format
 from imagerec.images import duplicate_reason, register_upload, same_photo_in_album
+from imagerec.states import FINAL, advance
 from imagerec.steps import blob_store, cloudevent_step, db_session, settings
 
 SOURCE = "/functions/extract-metadata"
@@ -71,9 +72,10 @@ def extract_metadata(event: CloudEvent) -> CloudEvent:
     with db_session() as session:
         # An outside emitter's upload has no row yet; unknown user, album or blob -> 422.
         image = register_upload(session, data, blobs)
-        # A redelivery must not turn a finished photo back into one in progress.
-        if image.status == models.Status.UPLOADED:
-            image.status = models.Status.PROCESSING
+        # A redelivery leaves a finished photo finished (and the rest of its run then changes
+        # nothing); a failed one is started again only by a retry (imagerec.states).
+        if image.status not in FINAL:
+            advance(session, image, models.Status.PROCESSING)
         session.commit()
     original = blobs.get(data["blobKey"])
     try:

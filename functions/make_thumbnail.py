@@ -20,8 +20,9 @@ from PIL import Image, ImageOps
 
 from imagerec.blobstore import thumbnail_key
 from imagerec.events import ACCEPTED, THUMBNAILED, BadEvent, event_data, new_event
+from imagerec.images import stored_image
 from imagerec.pixels import displayable
-from imagerec.steps import Refused, blob_store, cloudevent_step, settings
+from imagerec.steps import Refused, blob_store, cloudevent_step, db_session, settings
 
 SOURCE = "/functions/make-thumbnail"
 log = logging.getLogger("imagerec.make_thumbnail")
@@ -35,9 +36,13 @@ def make_thumbnail(event: CloudEvent) -> CloudEvent:
     if event["type"] != ACCEPTED:
         raise BadEvent(f"make-thumbnail takes {ACCEPTED}, not {event['type']}")
     data = event_data(event)
+    # The row says whose original this is and so where its thumbnail goes: an event that
+    # disagrees with it (another user's blob key) is refused before anything is read.
+    with db_session() as session:
+        original_key = stored_image(session, data).blob_key
     blobs = blob_store()
-    original = blobs.get(data["blobKey"])  # gone -> BlobNotFound -> 422
-    key = thumbnail_key(data["blobKey"])
+    original = blobs.get(original_key)  # gone -> BlobNotFound -> 422
+    key = thumbnail_key(original_key)
     blobs.put(key, _thumbnail(original, settings().thumbnail_size))
     return new_event(THUMBNAILED, SOURCE, {**data, "thumbnailKey": key}, subject=data["imageId"])
 

@@ -19,8 +19,10 @@ from urllib.parse import urlparse
 
 import functions_framework
 from cloudevents.http import CloudEvent
+from sqlalchemy.orm import Session
 
 from imagerec.models import Image, Status
+from imagerec.states import IllegalTransition, advance
 from imagerec.steps import cloudevent_step, db_session
 
 log = logging.getLogger("imagerec.record_failure")
@@ -45,16 +47,24 @@ def record_failure(event: CloudEvent) -> None:
             )
         elif not _about(image, event):
             log.warning("dead letter %s does not match image %s: %s", event["id"], image_id, reason)
-        elif image.status not in (Status.UPLOADED, Status.PROCESSING):
-            # A finished photo stays finished: this is a stale redelivery, or only announcing
-            # the outcome (dev.imagerec.image.processed) failed.
-            log.warning(
-                "image %s is %s; dead letter %s: %s", image_id, image.status, event["type"], reason
-            )
         else:
-            log.warning("image %s failed: %s", image_id, reason)
-            image.status, image.reason = Status.FAILED, reason
+            _fail(session, image, event, reason)
     return None
+
+
+def _fail(session: Session, image: Image, event: CloudEvent, reason: str) -> None:
+    try:
+        failed_now = advance(session, image, Status.FAILED)
+    except IllegalTransition:
+        # A finished photo stays finished: this is a stale redelivery, or only announcing
+        # the outcome (dev.imagerec.image.processed) failed.
+        log.warning(
+            "image %s is %s; dead letter %s: %s", image.id, image.status, event["type"], reason
+        )
+        return
+    if failed_now:
+        log.warning("image %s failed: %s", image.id, reason)
+        image.reason = reason
 
 
 def _about(image: Image, event: CloudEvent) -> bool:

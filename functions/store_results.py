@@ -2,7 +2,9 @@
 
 Consumes dev.imagerec.image.labelled (status done) or dev.imagerec.image.rejected (status
 rejected, with its reason) and replies dev.imagerec.image.processed {imageId, status}.
-Every column comes from the event, so a redelivered or stale event converges on the same rows.
+The event must agree with the image's row (owner, album, original, thumbnail key: all derived
+from the row, never taken from the event), and its outcome must be one the photo may still
+reach (imagerec.states): a done photo stays done, and a redelivered outcome writes nothing.
 
     functions-framework --source functions/store_results.py --target store_results
 """
@@ -17,8 +19,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from imagerec.events import LABELLED, PROCESSED, REJECTED, BadEvent, event_data, new_event
-from imagerec.images import duplicate_reason, same_photo_in_album, stored_image
+from imagerec.images import (
+    check_thumbnail_key,
+    duplicate_reason,
+    same_photo_in_album,
+    stored_image,
+)
 from imagerec.models import Detection, Image, Status
+from imagerec.states import advance
 from imagerec.steps import cloudevent_step, db_session
 
 SOURCE = "/functions/store-results"
@@ -35,9 +43,7 @@ def store_results(event: CloudEvent) -> CloudEvent:
     with db_session() as session, session.begin():
         # extract-metadata made the row; without it the photo was deleted meanwhile (-> 422).
         image = stored_image(session, data)
-        # Duplicate deliveries may run at once: one at a time per image, so that two never
-        # both add the detection rows (PostgreSQL; SQLite serialises writers anyway).
-        session.refresh(image, with_for_update=True)
+        thumbnail = check_thumbnail_key(image, data) if status == Status.DONE else None
         content_hash = (data.get("metadata") or {}).get("contentHash")
         twin = content_hash and same_photo_in_album(
             session, data["albumId"], content_hash, data["imageId"]
@@ -45,26 +51,25 @@ def store_results(event: CloudEvent) -> CloudEvent:
         if twin:
             status = Status.REJECTED
             data = {**_without_results(data), "reason": duplicate_reason(twin)}
-        _write_image(image, data, status)
-        _replace_detections(session, image, data.get("detections", []))
+            thumbnail = None
+        # Duplicate deliveries may run at once: the status moves in one conditional UPDATE,
+        # which locks the row, so only the first writes the outcome and the others find it.
+        if advance(session, image, status):
+            _write_image(image, data, status, thumbnail)
+            _replace_detections(session, image, data.get("detections", []))
     processed = {"imageId": data["imageId"], "status": str(status)}
     return new_event(PROCESSED, SOURCE, processed, subject=data["imageId"])
 
 
-def _write_image(image: Image, data: dict[str, Any], status: Status) -> None:
+def _write_image(image: Image, data: dict[str, Any], status: Status, thumbnail: str | None) -> None:
     metadata = data.get("metadata") or {}
     geo = metadata.get("geo") or {}
     latitude = geo.get("latitude") or {}
     longitude = geo.get("longitude") or {}
     dimensions = metadata.get("dimensions") or {}
     columns = {
-        "blob_key": data["blobKey"],
-        "file_name": data["fileName"],
-        "content_type": data.get("contentType"),
-        "size": data["size"],
-        "status": str(status),
         "reason": data.get("reason") if status == Status.REJECTED else None,
-        "thumbnail_key": data.get("thumbnailKey"),
+        "thumbnail_key": thumbnail,
         "model": data.get("model"),
         "content_hash": metadata.get("contentHash"),
         "creation_time": metadata.get("creationTime"),

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from imagerec.blobstore import BlobStore
+from imagerec.blobstore import BlobStore, thumbnail_key
 from imagerec.models import Album, Image, Status, User
 
 _EXTENSION = re.compile(r"^[A-Za-z0-9]{1,10}$")
@@ -16,6 +16,10 @@ _EXTENSION = re.compile(r"^[A-Za-z0-9]{1,10}$")
 
 class UnknownOwner(LookupError):
     """The user or album named by an event does not exist (or do not belong together)."""
+
+
+class EventDisagrees(UnknownOwner):
+    """The event says something else than the image's row: stale, or forged. The row wins."""
 
 
 def register_upload(session: Session, data: dict[str, Any], blobs: BlobStore) -> Image:
@@ -67,9 +71,22 @@ def stored_image(session: Session, data: dict[str, Any]) -> Image:
 
 def _check_same_upload(image: Image, data: dict[str, Any]) -> None:
     if image.user_id != data["userId"] or image.album_id != data["albumId"]:
-        raise UnknownOwner(f"image {data['imageId']} belongs to another user or album")
+        raise EventDisagrees(f"image {data['imageId']} belongs to another user or album")
     if image.blob_key != data["blobKey"]:
-        raise UnknownOwner(f"image {data['imageId']} is stored under another blob key")
+        raise EventDisagrees(f"image {data['imageId']} is stored under another blob key")
+    stored = uploaded_event_data(image)
+    for field in ("fileName", "contentType", "size"):
+        if data.get(field) != stored[field]:
+            raise EventDisagrees(f"image {data['imageId']} was uploaded with another {field}")
+
+
+def check_thumbnail_key(image: Image, data: dict[str, Any]) -> str:
+    """The image's thumbnail key, derived from its original's; an event naming another is
+    refused (a forged one could point a thumbnail at someone else's original)."""
+    key = thumbnail_key(image.blob_key)
+    if data.get("thumbnailKey", key) != key:
+        raise EventDisagrees(f"image {image.id} has its thumbnail under {key!r}, not another key")
+    return key
 
 
 def same_photo_in_album(

@@ -1,12 +1,15 @@
 """What every workflow step shares: its resources, made once per process, and the HTTP
-contract with Knative (semantics §3, §4, §10).
+contract with Knative (docs: https://knative.dev/docs/eventing/event-delivery/).
 
 A step is a function `CloudEvent -> CloudEvent | None`; `cloudevent_step` turns it into a
 functions-framework HTTP entry point that answers
   200 + the reply CloudEvent (binary mode)  -> Knative forwards it (Broker or next step)
   202, empty                                -> done, nothing to forward
   400 short text                            -> malformed event or key: not retried, dead-lettered
-  422 short text                            -> refers to something that does not exist: not retried
+  422 short text                            -> refers to something that does not exist, or
+                                               disagrees with the stored row, or asks for a
+                                               status change the photo may not make (done ->
+                                               rejected): not retried, and logged
   503 short text                            -> a store is unreachable: Knative retries with backoff
 """
 
@@ -32,11 +35,12 @@ from imagerec.config import Settings, load_settings
 from imagerec.db import session_factory
 from imagerec.events import BadEvent, encode, parse_event
 from imagerec.images import UnknownOwner
+from imagerec.states import IllegalTransition
 
 log = logging.getLogger("imagerec.steps")
 
 # Knative copies a failing body into knativeerrordata, base64, into a 1024-byte buffer;
-# over 768 bytes its dispatcher panics (semantics §4). Stay well under.
+# over 768 bytes Knative's dispatcher panics. Stay well under.
 MAX_ERROR_BODY = 700
 
 
@@ -87,7 +91,9 @@ def cloudevent_step(
             reply = step(event)
         except (BadEvent, InvalidBlobKey) as e:
             return _plain(400, f"bad event: {e}")
-        except (Refused, UnknownOwner, BlobNotFound) as e:
+        except (Refused, UnknownOwner, IllegalTransition, BlobNotFound) as e:
+            # Also how a forged event shows: the log keeps who sent it.
+            log.warning("%s refused %s from %s: %s", step.__name__, event["id"], event["source"], e)
             return _plain(422, f"refused: {_describe(e)}")
         except (
             Unavailable,

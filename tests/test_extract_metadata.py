@@ -469,6 +469,20 @@ def test_a_redelivered_upload_leaves_a_finished_photo_finished(configured, clien
         assert session.get(Image, data["imageId"]).status == Status.DONE
 
 
+def test_a_stale_upload_for_a_failed_photo_is_refused_until_a_retry(configured, client, owner):
+    data = upload(configured, "exif/canon_40d.jpg", owner)
+    reply_data(post_event(client, event_for(data)))
+    with configured.session() as session:
+        session.get(Image, data["imageId"]).status = Status.FAILED
+        session.commit()
+
+    response = post_event(client, event_for(data))
+
+    assert response.status_code == 422  # failed -> processing only by a retry
+    with configured.session() as session:
+        assert session.get(Image, data["imageId"]).status == Status.FAILED
+
+
 @pytest.mark.parametrize(
     "field, value",
     [

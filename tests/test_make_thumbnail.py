@@ -14,6 +14,7 @@ from PIL import Image, ImageChops, ImageOps, ImageStat
 import imagerec.steps
 from imagerec.blobstore import thumbnail_key
 from imagerec.events import ACCEPTED, THUMBNAILED, UPLOADED, encode
+from imagerec.models import Image as ImageRow
 from imagerec.steps import settings
 from tests.conftest import IMAGES, manifest
 from tests.pipeline import (
@@ -224,6 +225,36 @@ def test_a_missing_original_is_a_422(configured, extract, client, owner):
     assert response.status_code == 422
     assert response.mimetype == "text/plain"
     assert accepted["blobKey"] in response.get_data(as_text=True)
+    assert not configured.blobs().exists(thumbnail_key(accepted["blobKey"]))
+
+
+def test_an_event_naming_another_users_original_is_refused_and_writes_nothing(
+    configured, extract, client, owner
+):
+    """A forged accepted event: the sender's own ids, the victim's original as blobKey."""
+    victim = accepted_data(
+        configured, extract, IMAGES / "exif/canon_40d.jpg", make_owner(configured)
+    )
+    mine = accepted_data(configured, extract, IMAGES / "exif/canon_sx60_orient6.jpg", owner)
+    victim_thumbnail = thumbnail_key(victim["blobKey"])
+    configured.blobs().put(victim_thumbnail, b"the victim's thumbnail")
+
+    response = post_event(client, event_for({**mine, "blobKey": victim["blobKey"]}, ACCEPTED))
+
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert configured.blobs().get(victim_thumbnail) == b"the victim's thumbnail"
+    assert not configured.blobs().exists(thumbnail_key(mine["blobKey"]))
+
+
+def test_a_deleted_photo_gets_no_thumbnail(configured, extract, client, owner):
+    accepted = accepted_data(configured, extract, IMAGES / "exif/canon_40d.jpg", owner)
+    with configured.session() as session:
+        session.delete(session.get(ImageRow, accepted["imageId"]))
+        session.commit()
+
+    response = post_event(client, event_for(accepted, ACCEPTED))
+
+    assert response.status_code == 422
     assert not configured.blobs().exists(thumbnail_key(accepted["blobKey"]))
 
 

@@ -1,5 +1,6 @@
-"""store-results on both backends: every column from the event, detections replaced in one
-transaction, idempotent, and the outcome announced as dev.imagerec.image.processed."""
+"""store-results on both backends: the outcome's columns from the event once it agrees with the
+row, detections written in one transaction, the first outcome kept (imagerec.states),
+redelivery harmless, and the outcome announced as dev.imagerec.image.processed."""
 
 from __future__ import annotations
 
@@ -169,30 +170,23 @@ def test_the_same_event_twice_leaves_identical_rows(client, configured, upload):
     assert dump(configured, upload["imageId"]) == first
 
 
-def test_an_older_event_after_a_newer_one_converges(client, configured, upload):
-    older = labelled(upload)
-    newer = copy.deepcopy(older)
-    newer["detections"] = newer["detections"][:1]
-    newer["labels"] = newer["labels"][:1]
-    reply_event(store(client, older))
-    after_older = dump(configured, upload["imageId"])
+def test_a_done_photo_keeps_its_first_outcome(client, configured, upload):
+    first = labelled(upload)
+    other = copy.deepcopy(first)
+    other["detections"] = other["detections"][:1]
+    other["labels"] = other["labels"][:1]
+    reply_event(store(client, first))
+    after_first = dump(configured, upload["imageId"])
 
-    reply_event(store(client, newer))
-    assert len(dump(configured, upload["imageId"])["detections"]) == 1
-    reply_event(store(client, older))
+    # Another run's outcome (a stale one, or a forged one with the photo's own ids): done
+    # stays done, and the answer is the same harmless 200 as for a redelivery.
+    reply = reply_event(store(client, other))
 
-    # Same rows; only the surrogate ids of re-made detection rows may differ.
-    assert without_detection_ids(dump(configured, upload["imageId"])) == without_detection_ids(
-        after_older
-    )
-
-
-def without_detection_ids(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "detections": [{**d, "id": None} for d in row["detections"]]}
+    assert reply.data == {"imageId": upload["imageId"], "status": "done"}
+    assert dump(configured, upload["imageId"]) == after_first
 
 
 def test_rejected_event_records_the_reason(client, configured, upload):
-    reply_event(store(client, labelled(upload)))  # a stale outcome must not survive
     rejected = {**upload, "reason": "The file is not a supported image (it is plain text)."}
 
     reply = reply_event(store(client, rejected, REJECTED))
@@ -202,6 +196,66 @@ def test_rejected_event_records_the_reason(client, configured, upload):
     assert (row["status"], row["reason"]) == ("rejected", rejected["reason"])
     assert row["detections"] == []
     assert row["content_hash"] is None and row["thumbnail_key"] is None
+
+
+def test_a_rejected_event_for_a_done_photo_is_refused_and_changes_nothing(
+    client, configured, upload, caplog
+):
+    reply_event(store(client, labelled(upload)))
+    configured.blobs().put(thumbnail_key(upload["blobKey"]), b"the thumbnail")
+    before = dump(configured, upload["imageId"])
+    forged = {**upload, "reason": "forged"}
+
+    response = store(client, forged, REJECTED)
+
+    assert response.status_code == 422  # not retried by Knative
+    assert "cannot become rejected" in response.get_data(as_text=True)
+    assert dump(configured, upload["imageId"]) == before
+    assert configured.blobs().get(thumbnail_key(upload["blobKey"])) == b"the thumbnail"
+    assert any("refused" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "status, event_type", [("rejected", LABELLED), ("failed", LABELLED), ("failed", REJECTED)]
+)
+def test_a_finished_or_failed_photo_takes_no_other_outcome(
+    client, configured, upload, status, event_type
+):
+    with configured.session() as session:
+        session.get(Image, upload["imageId"]).status = status
+        session.commit()
+    data = labelled(upload) if event_type == LABELLED else {**upload, "reason": "no"}
+    before = dump(configured, upload["imageId"])
+
+    response = store(client, data, event_type)
+
+    assert response.status_code == 422
+    assert dump(configured, upload["imageId"]) == before
+
+
+def test_the_same_rejection_twice_is_harmless(client, configured, upload):
+    rejected = {**upload, "reason": "The file is empty (zero bytes)."}
+    reply_event(store(client, rejected, REJECTED))
+    before = dump(configured, upload["imageId"])
+
+    reply = reply_event(store(client, rejected, REJECTED))
+
+    assert reply.data == {"imageId": upload["imageId"], "status": "rejected"}
+    assert dump(configured, upload["imageId"]) == before
+
+
+def test_a_thumbnail_key_other_than_the_derived_one_is_refused(client, configured, upload):
+    """A forged labelled event pointing the thumbnail at another user's original."""
+    victim_user, victim_album = make_owner(configured)
+    victim = put_original(configured, IMAGES / PHOTO, victim_user, victim_album)
+    before = dump(configured, upload["imageId"])
+
+    response = store(client, {**labelled(upload), "thumbnailKey": victim["blobKey"]})
+
+    assert response.status_code == 422
+    assert "thumbnail" in response.get_data(as_text=True)
+    assert dump(configured, upload["imageId"]) == before
+    assert configured.blobs().exists(victim["blobKey"])
 
 
 def test_a_late_outcome_for_a_deleted_photo_is_refused_and_does_not_bring_it_back(
@@ -219,13 +273,15 @@ def test_a_late_outcome_for_a_deleted_photo_is_refused_and_does_not_bring_it_bac
         assert session.get(Image, upload["imageId"]) is None
 
 
-@pytest.mark.parametrize("field", ["userId", "albumId", "blobKey"])
+@pytest.mark.parametrize("field", ["userId", "albumId", "blobKey", "fileName", "size"])
 def test_an_event_that_does_not_match_its_image_is_refused(client, configured, upload, field):
     other_user, other_album = make_owner(configured)
     changed = {
         "userId": other_user,
         "albumId": other_album,
         "blobKey": f"{upload['userId']}/{upload['albumId']}/someone-else.jpg",
+        "fileName": "renamed.jpg",
+        "size": upload["size"] + 1,
     }[field]
     before = dump(configured, upload["imageId"])
 

@@ -12,15 +12,15 @@ import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from imagerec.events import UPLOADED, EmitFailed, emit, new_event
 from imagerec.images import uploaded_event_data
-from imagerec.models import Image, Status
+from imagerec.models import Image
+from imagerec.states import STUCK, retry
 
 log = logging.getLogger("imagerec.reconciler")
-_STUCK = (Status.UPLOADED, Status.PROCESSING)
 
 
 def resend_stuck(
@@ -30,7 +30,7 @@ def resend_stuck(
     cutoff = (now or datetime.now(UTC)) - older_than
     stuck = session.scalars(
         select(Image)
-        .where(Image.status.in_(_STUCK))
+        .where(Image.status.in_([str(s) for s in STUCK]))
         .where(Image.updated_at < cutoff)
         .order_by(Image.updated_at)
     ).all()
@@ -44,24 +44,21 @@ def resend_stuck(
             if e.sink_down:
                 break  # the rest would fail too; the next round tries again
             continue  # refused for what this image is: the others may still go
-        _touch(session, image.id)
+        _touch(session, image)
         sent.append(image.id)
         log.info("re-sent stuck image %s", image.id)
     return sent
 
 
-def _touch(session: Session, image_id: str) -> None:
-    """Mark a re-sent image, so it is not sent again before it has had time to be processed.
+def _touch(session: Session, image: Image) -> None:
+    """Mark a re-sent image `uploaded` (and now), so it is not sent again before it has had
+    time to be processed.
 
-    Conditional: the pipeline may already have finished it (a broker can answer only after
-    its subscribers did), and a finished photo must not go back to `uploaded`.
+    Conditional, by the core's rules: the pipeline may already have finished it (a broker can
+    answer only after its subscribers did), and a finished photo must not go back to
+    `uploaded`; one that failed meanwhile is left for a person.
     """
-    session.execute(
-        update(Image)
-        .where(Image.id == image_id, Image.status.in_(_STUCK))
-        .values(status=Status.UPLOADED, updated_at=datetime.now(UTC))
-        .execution_options(synchronize_session=False)
-    )
+    retry(session, image, STUCK, keep_reason=True)
     session.commit()
 
 
