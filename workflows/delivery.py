@@ -160,8 +160,11 @@ class Outcome:
 
 
 class Dispatcher:
-    def __init__(self, stopping: threading.Event) -> None:
+    def __init__(
+        self, stopping: threading.Event, trusted_sources: frozenset[str] | None = None
+    ) -> None:
         self._stopping = stopping
+        self._trusted_sources = trusted_sources
 
     def deliver(self, hop: Hop, event: Event) -> Waits:
         """Deliver `event` over `hop`; a generator yielding each wait before a retry."""
@@ -174,6 +177,13 @@ class Dispatcher:
         if outcome.reply is None or hop.reply_to is None:
             return
         reply = outcome.reply
+        if self._trusted_sources is not None and reply.get("source") not in self._trusted_sources:
+            # Forwarded, it would enter the pipeline as one of ours: like a channel under an
+            # EventPolicy, refuse it (403, not retried) and dead-letter what the step received.
+            detail = f"reply from source {reply.get('source')!r}, which is not one of ours"
+            log.warning("%s: %s: %s", hop.name, event, detail)
+            yield from self._dead_letter(hop, event, Outcome(403, detail))
+            return
         if hop.behind_broker:
             reply = reply.with_attributes(**{TTL: event.get(TTL)})
         target = hop.reply_to

@@ -27,8 +27,9 @@ import requests
 
 from imagerec.config import Settings
 from imagerec.db import session_factory, upgrade
+from workflows.manifests import load_manifests
 from workflows.reconciler import Reconciler
-from workflows.runner import Runner
+from workflows.runner import Runner, own_sources
 
 log = logging.getLogger("imagerec.dev")
 
@@ -266,7 +267,8 @@ class DevStack:
 
     def _start_runner(self) -> None:
         services = {name: c.url for name, c in self.children.items() if name in STEPS}
-        self.runner = Runner.from_manifests(self.manifests, services=services)
+        manifests = load_manifests(self.manifests)
+        self.runner = Runner(manifests, services, trusted_sources=own_sources(manifests))
         self.server = self.runner.serve("127.0.0.1", self.runner_port)
 
     def restart_runner(self) -> None:

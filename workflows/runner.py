@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -66,7 +66,7 @@ from workflows.manifests import (
     Trigger,
     load_manifests,
 )
-from workflows.wire import Event, decode
+from workflows.wire import Event, check_receivable, decode
 
 log = logging.getLogger("workflows.runner")
 
@@ -114,16 +114,20 @@ class Runner:
         services: Mapping[str, str],
         clock: Clock | None = None,
         workers: int = 64,
+        trusted_sources: Collection[str] | None = None,
     ) -> None:
         self.manifests = manifests
         self.services = dict(services)
+        # The `source`s that may send to an internal channel (None: any, as in tests that post
+        # their own events there); see own_sources().
+        self.trusted_sources = None if trusted_sources is None else frozenset(trusted_sources)
         self._stopping = threading.Event()
         self._own_clock: WallClock | None = None
         if clock is None:
             # A clock made here is ours to close on stop; an injected one is its owner's.
             clock = self._own_clock = WallClock()
         self.clock: Clock = clock
-        self._dispatcher = Dispatcher(self._stopping)
+        self._dispatcher = Dispatcher(self._stopping, self.trusted_sources)
         self._workers = workers
         self._tasks: queue.Queue[_Delivery | None] = queue.Queue()
         # Deliveries queued, running or waiting to retry (what wait_idle waits for); the last
@@ -143,8 +147,9 @@ class Runner:
         services: Mapping[str, str],
         clock: Clock | None = None,
         workers: int = 64,
+        trusted_sources: Collection[str] | None = None,
     ) -> Runner:
-        return cls(load_manifests(folder), services, clock, workers)
+        return cls(load_manifests(folder), services, clock, workers, trusted_sources)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -366,41 +371,58 @@ class Runner:
 
     def receive(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
-    ) -> tuple[int, dict[str, str]]:
-        """Answer one HTTP request to the ingress or a channel (status and headers)."""
+    ) -> tuple[int, dict[str, str], str]:
+        """Answer one HTTP request to the ingress or a channel: status, headers, body text.
+
+        The body is empty, as Knative's, except where the runner refuses what Knative would
+        take and then lose (an event no subscriber can receive, a foreign event on an
+        internal hop): that answer says why in one sentence.
+        """
         if method == "OPTIONS":
-            return 200, dict(_OPTIONS_HEADERS)
+            return 200, dict(_OPTIONS_HEADERS), ""
         if method != "POST":
-            return 405, {}
+            return 405, {}, ""
         if path == "/":
-            return 404, {}
+            return 404, {}, ""
         segments = path[1:].removesuffix("/").split("/")
         is_channel = len(segments) == 3 and segments[0] == CHANNELS
         if not (len(segments) == 2 or is_channel) or not all(segments):
-            return 400, {}
+            return 400, {}, ""
         try:
             event = decode(headers, body)
         except BadEvent as e:
             log.warning("refused %s: %s", path, e)
-            return 400, {}
+            return 400, {}, ""
+        try:
+            check_receivable(event)
+        except BadEvent as e:
+            log.warning("refused %s: %s: %s", path, event, e)
+            return 400, {}, f"{e}\n"
         if is_channel:
             hops = self._channels.get((segments[1], segments[2]))
             if hops is None:
-                return 404, {}
+                return 404, {}, ""
+            if not self._trusted(event):
+                message = f"source {event.get('source')!r} may not send to an internal channel"
+                log.warning("refused %s: %s: %s", path, event, message)
+                return 403, {}, message + "\n"
             self._fan_out(event, hops)
-            return 202, {}
+            return 202, {}, ""
         key = (segments[0], segments[1])
         if key not in self._brokers:
-            return 404, {}
+            return 404, {}, ""
         ttl = _next_ttl(event.get(TTL))
         if ttl <= 0:
             log.warning("refused %s: %s: knativebrokerttl exhausted (a reply loop?)", path, event)
-            return 400, {}
+            return 400, {}, ""
         arrival = self.clock.now().isoformat().replace("+00:00", "Z")
         event = event.with_attributes(knativearrivaltime=arrival, **{TTL: str(ttl)})
         triggered = [hop for trigger, hop in self._brokers[key] if _passes(trigger, event)]
         self._fan_out(event, triggered)
-        return 202, {}
+        return 202, {}, ""
+
+    def _trusted(self, event: Event) -> bool:
+        return self.trusted_sources is None or event.get("source") in self.trusted_sources
 
     def _fan_out(self, event: Event, hops: Iterable[Hop]) -> None:
         for hop in hops:
@@ -465,6 +487,33 @@ class Runner:
             self._idle.notify_all()
 
 
+_MAX_LINE = 4096  # a chunk-size line (with extensions) or a trailer; Go allows 4096 too
+
+
+class _BadFraming(ValueError):
+    """The request's body cannot be delimited: a bad Content-Length or chunk size."""
+
+
+def _chunk_size(line: bytes) -> int:
+    text = line.split(b";", 1)[0].strip()
+    try:
+        if not text or not all(c in b"0123456789abcdefABCDEF" for c in text):
+            raise ValueError
+        return int(text, 16)
+    except ValueError:
+        raise _BadFraming(f"bad chunk size {line[:40]!r}") from None
+
+
+def own_sources(manifests: Manifests) -> frozenset[str]:
+    """The `source` each Knative Service of the manifests replies with: `/functions/<name>`.
+
+    What an EventPolicy says on a cluster (only the data plane may send to the Sequence's
+    channels), the runner can only approximate by what an event says about itself: on the
+    internal hops, an event from anyone else is refused with 403 (docs/local-runner.md).
+    """
+    return frozenset(f"/functions/{name}" for _, name in manifests.services)
+
+
 def _broker_path(namespace: str, name: str) -> str:
     return f"/{namespace}/{name}"
 
@@ -503,13 +552,29 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def _answer(self) -> None:
-        body = self._read_body()
-        status, headers = self.runner.receive(self.command, self.path, dict(self.headers), body)
+        try:
+            body = self._read_body()
+        except _BadFraming as e:
+            # Where the next request starts is unknown: answer, then close (as Go's server does).
+            log.warning("ingress: refused %s: %s", self.path, e)
+            self.close_connection = True
+            self._send(400, {"Connection": "close"}, f"{e}\n")
+            return
+        status, headers, message = self.runner.receive(
+            self.command, self.path, dict(self.headers), body
+        )
+        self._send(status, headers, message)
+
+    def _send(self, status: int, headers: Mapping[str, str], message: str) -> None:
+        content = message.encode()
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", "0")
+        if content:
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(content)))
         self.end_headers()
+        self.wfile.write(content)
 
     def __getattr__(self, name: str) -> Callable[[], None]:
         # Every method reaches receive(), which answers 405 to all but POST and OPTIONS.
@@ -520,13 +585,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             chunks = []
-            while (size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)) > 0:
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            while (size := _chunk_size(self.rfile.readline(_MAX_LINE))) > 0:
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    raise _BadFraming("the body ended inside a chunk")
+                chunks.append(chunk)
+                if self.rfile.readline(_MAX_LINE) not in (b"\r\n", b"\n"):
+                    raise _BadFraming("a chunk is longer than its size says")
+            while self.rfile.readline(_MAX_LINE) not in (b"\r\n", b"\n", b""):
                 pass  # trailers
             return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            return b""
+        if len(set(lengths)) > 1 or not lengths[0].strip().isdigit():
+            raise _BadFraming(f"Content-Length must be one non-negative integer, got {lengths}")
+        length = int(lengths[0])
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise _BadFraming(f"the body ended after {len(body)} of {length} bytes")
+        return body
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("ingress: " + format, *args)

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -175,13 +175,14 @@ def running(
     services: Mapping[str, str],
     clock: Clock | None = None,
     workers: int = 64,
+    trusted_sources: Collection[str] | None = None,
 ) -> Iterator[tuple[Runner, Server]]:
     """A runner serving the given manifests (YAML text or documents) on a free port."""
     folder.mkdir(parents=True, exist_ok=True)
     if not isinstance(manifests, str):
         manifests = yaml.safe_dump_all(manifests, sort_keys=False)
     (folder / "routing.yaml").write_text(dedent(manifests))
-    runner = Runner.from_manifests(folder, services, clock=clock, workers=workers)
+    runner = Runner.from_manifests(folder, services, clock, workers, trusted_sources)
     server = runner.serve("127.0.0.1", 0)
     try:
         yield runner, server

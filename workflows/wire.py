@@ -100,6 +100,33 @@ def decode(headers: Mapping[str, str], body: bytes, validate: bool = True) -> Ev
     return event
 
 
+# What the subscribers' server (gunicorn, under functions-framework and the web) accepts:
+# a header line `name: value` + CRLF of at most 8190 bytes (limit_request_field_size) and at
+# most 100 header fields (limit_request_fields). Past either it answers 400 or 431 and the event is
+# lost after its retries, so the ingress refuses it at once. A few fields are left for what
+# HTTP itself adds (Host, Content-Length, Prefer, Kn-Namespace, traceparent...).
+MAX_HEADER_LINE = 8190
+MAX_EVENT_HEADERS = 100 - 16
+
+
+def check_receivable(event: Event) -> None:
+    """BadEvent unless a subscriber can receive `event` in binary mode, as every hop sends it."""
+    headers, _ = encode(event)
+    for name, value in headers.items():
+        size = len(name.encode()) + 2 + len(value.encode()) + 2
+        if size > MAX_HEADER_LINE:
+            attribute = name[3:] if name.lower().startswith("ce-") else name
+            raise BadEvent(
+                f"attribute or header {attribute!r} takes {size} bytes as an HTTP header line; "
+                f"subscribers accept at most {MAX_HEADER_LINE}"
+            )
+    if len(headers) > MAX_EVENT_HEADERS:
+        raise BadEvent(
+            f"the event needs {len(headers)} HTTP headers; subscribers accept at most "
+            f"{MAX_EVENT_HEADERS} besides those HTTP adds"
+        )
+
+
 def _check_decodable(event: Event) -> None:
     """What makes the Go SDK fail to read a message at all (a reply like this is a 502)."""
     for name in event.attributes:
