@@ -75,9 +75,11 @@ def test_gps_becomes_a_map_link(backend, ann):
     gps = ann.get(f"/api/images/{image['id']}").json["image"]["gps"]
     assert gps["lat"] == lat and gps["lon"] == lon
     assert gps["mapUrl"].startswith(f"https://www.openstreetmap.org/?mlat={lat:.6f}&mlon={lon:.6f}")
+    place = ann.get(f"/api/images/{image['id']}").json["image"]["display"]["place"]
+    assert place == f"{abs(lat):.2f}° S, {lon:.2f}° E"  # the test photo is south of the equator
     for page in (ann.get(f"/albums/{album_id}").text, ann.get(f"/photos/{image['id']}").text):
         assert html.escape(gps["mapUrl"]) in page
-        assert f"{lat:.5f}, {lon:.5f}" in page
+        assert place in page
 
 
 @pytest.mark.parametrize(

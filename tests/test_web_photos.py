@@ -88,7 +88,7 @@ def test_oversized_upload_is_413_with_a_clear_message(backend):
     assert DOG.stat().st_size > 150_000
     response = ann.upload(album_id, DOG)
     assert response.status_code == 413
-    assert response.json["error"] == "dog.jpg is larger than the limit of 150000 bytes per photo."
+    assert response.json["error"] == "dog.jpg is larger than the limit of 146 KB per photo."
     assert count(backend, Image) == 0
     # A request far over the limit is cut off before it is read, with the same kind of answer.
     huge = ann.upload(album_id, (b"\xff\xd8\xff" + b"0" * 4_000_000, "huge.jpg"))

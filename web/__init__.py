@@ -66,12 +66,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # Knative's queue-proxy and ingress terminate TLS and say so in X-Forwarded-Proto.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_proto=1)  # type: ignore[method-assign]
 
-    from web import albums, api, auth, broker, db, photos
+    from web import albums, api, auth, broker, db, errors, photos
 
     db.init_app(app)
     broker.init_app(app)
     auth.init_app(app)
-    api.init_app(app)
+    errors.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(albums.bp)
     app.register_blueprint(photos.bp)

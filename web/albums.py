@@ -7,18 +7,13 @@ from typing import Any
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from werkzeug.exceptions import BadRequest, Conflict, HTTPException
 
-from web import library
+from web import actions, queries
 from web.auth import login_required
+from web.errors import Duplicate
+from web.present import STATUS_TEXT, album_json, image_json
 
 bp = Blueprint("albums", __name__)
 
-STATUS_TEXT = {
-    "uploaded": "Waiting",
-    "processing": "Processing",
-    "done": "Done",
-    "rejected": "Rejected",
-    "failed": "Failed",
-}
 CARD_FIELDS = [
     ("taken", "Taken"),
     ("camera", "Camera"),
@@ -33,44 +28,18 @@ DETAIL_FIELDS = [
     ("uploaded", "Uploaded"),
     ("model", "Detector"),
 ]
+# The pages' field names -> the photo object's display strings (web/present.py makes them).
+_DISPLAY_KEYS = {
+    "taken": "takenAt",
+    "bytes": "fileSize",
+    "uploaded": "uploadedAt",
+}
 
 
 def meta_value(image: dict[str, Any], field: str) -> str | None:
-    """One metadata field as the page shows it; album.js formats the same way."""
-    if field == "taken":
-        return image["takenAt"].replace("T", " ") if image["takenAt"] else None
-    if field == "camera":
-        make, model = image["camera"]["make"] or "", image["camera"]["model"] or ""
-        return (model if model.startswith(make) else f"{make} {model}").strip() or None
-    if field == "dimensions":
-        if not image["width"]:
-            return None
-        # Stored pixels, shown the way up the viewer sees them (orientations 5-8 turn by 90°).
-        turned = (image["orientation"] or 1) >= 5
-        width, height = (
-            (image["height"], image["width"]) if turned else (image["width"], image["height"])
-        )
-        return f"{width} × {height}"
-    if field == "bytes":
-        return human_bytes(image["fileSize"] or image["size"])
-    if field == "place":
-        gps = image["gps"]
-        return f"{gps['lat']:.5f}, {gps['lon']:.5f}" if gps else None
-    if field == "orientation":
-        return str(image["orientation"]) if image["orientation"] else None
-    if field == "uploaded":
-        return image["createdAt"][:19].replace("T", " ")
-    return image.get(field)
-
-
-def human_bytes(size: int | None) -> str | None:
-    if size is None:
-        return None
-    if size < 1024:
-        return f"{size} B"
-    if size < 1024 * 1024:
-        return f"{size / 1024:.1f} KB"
-    return f"{size / (1024 * 1024):.1f} MB"
+    if field in ("model", "orientation"):
+        return str(image[field]) if image[field] else None
+    return image["display"].get(_DISPLAY_KEYS.get(field, field))
 
 
 @bp.app_context_processor
@@ -86,14 +55,15 @@ def _page_helpers() -> dict[str, Any]:
 @bp.get("/")
 @login_required
 def index():
-    return render_template("albums/index.html", albums=library.list_albums())
+    albums = [album_json(*row) for row in queries.list_albums()]
+    return render_template("albums/index.html", albums=albums)
 
 
 @bp.post("/albums")
 @login_required
 def create():
     try:
-        album = library.create_album(request.form.get("name", ""))
+        album = actions.create_album(request.form.get("name", ""))
     except (BadRequest, Conflict) as e:
         flash(e.description, "error")
         return redirect(url_for("albums.index"))
@@ -103,16 +73,16 @@ def create():
 @bp.get("/albums/<int:album_id>")
 @login_required
 def album(album_id: int):
-    album = library.get_album(album_id)
-    labels = library.labels_in(album)
+    album = queries.get_album(album_id)
+    labels = queries.labels_in(album)
     # Matching is case-insensitive: show the label as the detector spells it (`dog` -> Dog).
     asked = (request.args.get("label") or "").strip()
     label = next((x["label"] for x in labels if x["label"].lower() == asked.lower()), asked)
-    images = library.list_images(album, label or None)
+    images = queries.list_images(album, label or None)
     return render_template(
         "albums/album.html",
         album=album,
-        images=[library.image_json(i) for i in images],
+        images=[image_json(i) for i in images],
         labels=labels,
         label=label or None,
         max_upload_bytes=current_app.config["MAX_UPLOAD_BYTES"],
@@ -124,21 +94,21 @@ def album(album_id: int):
 def search():
     """Photos across every album of the user that show a label."""
     label = (request.args.get("label") or "").strip()
-    images = library.list_images(None, label) if label else []
+    images = queries.list_images(None, label) if label else []
     return render_template(
         "albums/search.html",
         label=label,
-        images=[library.image_json(i) for i in images],
-        labels=library.labels_in(None),
+        images=[image_json(i) for i in images],
+        labels=queries.labels_in(None),
     )
 
 
 @bp.post("/albums/<int:album_id>/rename")
 @login_required
 def rename(album_id: int):
-    album = library.get_album(album_id)
+    album = queries.get_album(album_id)
     try:
-        library.rename_album(album, request.form.get("name", ""))
+        actions.rename_album(album, request.form.get("name", ""))
     except (BadRequest, Conflict) as e:
         flash(e.description, "error")
     return redirect(url_for("albums.album", album_id=album.id))
@@ -147,9 +117,9 @@ def rename(album_id: int):
 @bp.post("/albums/<int:album_id>/delete")
 @login_required
 def delete(album_id: int):
-    album = library.get_album(album_id)
+    album = queries.get_album(album_id)
     name = album.name
-    library.delete_album(album)
+    actions.delete_album(album)
     flash(f"Deleted the album {name} and its photos.", "info")
     return redirect(url_for("albums.index"))
 
@@ -158,14 +128,14 @@ def delete(album_id: int):
 @login_required
 def upload(album_id: int):
     """The no-JavaScript upload form; the page's script uses the JSON API instead."""
-    album = library.get_album(album_id)
+    album = queries.get_album(album_id)
     files = [f for f in request.files.getlist("file") if f.filename or f.content_length]
     if not files:
         flash("Choose one or more photos to upload.", "error")
     for file in files:
         try:
-            library.upload(album, file)
-        except library.Duplicate as e:
+            actions.upload(album, file)
+        except Duplicate as e:
             flash(e.message, "error")
         except HTTPException as e:
             flash(e.description, "error")

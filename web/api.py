@@ -1,28 +1,22 @@
 """The JSON API (documented in web/API.md): what the album page's script and the CLI use.
 
-Errors are {"error": "<one sentence>"} with the matching status; another user's resources
-answer 404 exactly like missing ones.
+Errors are {"error": "<one sentence>"} with the matching status (web/errors.py); another
+user's resources answer 404 exactly like missing ones.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import sqlalchemy.exc
-from flask import Blueprint, Flask, g, jsonify, render_template, request
-from werkzeug.exceptions import (
-    BadRequest,
-    HTTPException,
-    RequestEntityTooLarge,
-    ServiceUnavailable,
-)
+from flask import Blueprint, g, request
+from werkzeug.exceptions import BadRequest, HTTPException
 
-from web import auth, library
+from web import actions, auth, queries
 from web.auth import login_required
+from web.errors import Duplicate
+from web.present import SORTS, album_json, image_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-log = logging.getLogger("imagerec.web")
 
 
 def _json_body() -> dict[str, Any]:
@@ -38,13 +32,31 @@ def _text(body: dict[str, Any], field: str) -> str:
         raise BadRequest(f"The field {field!r} is required and must be a string.")
     try:
         value.encode()
-    except UnicodeEncodeError:  # JSON may carry a lone surrogate ("\ud800"): not text
+    except UnicodeEncodeError:  # JSON may carry a lone surrogate ("\\ud800"): not text
         raise BadRequest(f"The field {field!r} is not valid Unicode text.") from None
     return value
 
 
+def _album_id(body: dict[str, Any]) -> int:
+    value = body.get("albumId")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest("The field 'albumId' is required and must be an album's id (a number).")
+    return value
+
+
+def _sort() -> str:
+    sort = request.args.get("sort", "uploaded")
+    if sort not in SORTS:
+        raise BadRequest(f"sort is one of {', '.join(SORTS)}.")
+    return sort
+
+
 def _user_json() -> dict[str, Any] | None:
     return None if g.user is None else {"id": g.user.id, "username": g.user.username}
+
+
+def _album_json(album) -> dict[str, Any]:
+    return album_json(album, queries.album_counts(album), queries.cover_of(album))
 
 
 # --- session and users -----------------------------------------------------------------------
@@ -83,37 +95,34 @@ def sign_up():
 @bp.get("/albums")
 @login_required
 def list_albums():
-    return {"albums": library.list_albums()}
+    return {"albums": [album_json(*row) for row in queries.list_albums()]}
 
 
 @bp.post("/albums")
 @login_required
 def create_album():
-    album = library.create_album(_text(_json_body(), "name"))
-    return {"album": library.album_json(album, 0)}, 201
+    album = actions.create_album(_text(_json_body(), "name"))
+    return {"album": album_json(album, {}, None)}, 201
 
 
 @bp.get("/albums/<int:album_id>")
 @login_required
 def get_album(album_id: int):
-    album = library.get_album(album_id)
-    return {
-        "album": library.album_json(album, library.count_photos(album)),
-        "labels": library.labels_in(album),
-    }
+    album = queries.get_album(album_id)
+    return {"album": _album_json(album), "labels": queries.labels_in(album)}
 
 
 @bp.patch("/albums/<int:album_id>")
 @login_required
 def rename_album(album_id: int):
-    album = library.rename_album(library.get_album(album_id), _text(_json_body(), "name"))
-    return {"album": library.album_json(album, library.count_photos(album))}
+    album = actions.rename_album(queries.get_album(album_id), _text(_json_body(), "name"))
+    return {"album": _album_json(album)}
 
 
 @bp.delete("/albums/<int:album_id>")
 @login_required
 def delete_album(album_id: int):
-    library.delete_album(library.get_album(album_id))
+    actions.delete_album(queries.get_album(album_id))
     return "", 204
 
 
@@ -123,29 +132,30 @@ def delete_album(album_id: int):
 @bp.get("/albums/<int:album_id>/images")
 @login_required
 def list_images(album_id: int):
-    album = library.get_album(album_id)
-    images = library.list_images(album, request.args.get("label") or None)
-    return {"images": [library.image_json(i) for i in images]}
+    album = queries.get_album(album_id)
+    sort = _sort()
+    images = queries.list_images(album, request.args.get("label") or None)
+    return {"images": [image_json(i, sort) for i in images]}
 
 
 @bp.post("/albums/<int:album_id>/images")
 @login_required
 def upload_images(album_id: int):
     """Multipart, one or more `file` fields; each file succeeds or fails on its own."""
-    album = library.get_album(album_id)
+    album = queries.get_album(album_id)
     files = request.files.getlist("file")
     if not files:
         raise BadRequest("Send one or more files in the multipart field 'file'.")
     created, duplicates, errors = [], [], []
     for file in files:
         try:
-            created.append(library.image_json(library.upload(album, file)))
-        except library.Duplicate as e:
+            created.append(image_json(actions.upload(album, file)))
+        except Duplicate as e:
             duplicates.append(
                 {
                     "fileName": e.file_name,
                     "message": e.message,
-                    "duplicateOf": library.image_json(e.existing),
+                    "duplicateOf": image_json(e.existing),
                 }
             )
         except HTTPException as e:
@@ -162,57 +172,43 @@ def upload_images(album_id: int):
 @login_required
 def search_images():
     """Photos across all the user's albums, newest first; `label` narrows them."""
-    images = library.list_images(None, request.args.get("label") or None)
-    return {"images": [library.image_json(i) for i in images]}
+    sort = _sort()
+    images = queries.list_images(None, request.args.get("label") or None)
+    return {"images": [image_json(i, sort) for i in images]}
 
 
 @bp.get("/labels")
 @login_required
 def list_labels():
-    return {"labels": library.labels_in(None)}
+    return {"labels": queries.labels_in(None)}
 
 
 @bp.get("/images/<image_id>")
 @login_required
 def get_image(image_id: str):
-    return {"image": library.image_json(library.get_image(image_id))}
+    return {"image": image_json(queries.get_image(image_id))}
+
+
+@bp.patch("/images/<image_id>")
+@login_required
+def move_image(image_id: str):
+    """Move a photo to another album: `{"albumId": 7}`."""
+    image = queries.get_image(image_id)
+    album = queries.get_album(_album_id(_json_body()))
+    try:
+        return {"image": image_json(actions.move_image(image, album))}
+    except Duplicate as e:
+        return {"error": e.message, "duplicateOf": image_json(e.existing)}, 409
 
 
 @bp.delete("/images/<image_id>")
 @login_required
 def delete_image(image_id: str):
-    library.delete_image(library.get_image(image_id))
+    actions.delete_image(queries.get_image(image_id))
     return "", 204
 
 
 @bp.post("/images/<image_id>/retry")
 @login_required
 def retry_image(image_id: str):
-    return {"image": library.image_json(library.retry(library.get_image(image_id)))}, 202
-
-
-# --- errors, for the whole app: JSON under /api/, a page elsewhere ---------------------------
-
-
-def handle_http_error(error: HTTPException):
-    if isinstance(error, RequestEntityTooLarge) and error.description == (
-        RequestEntityTooLarge.description
-    ):
-        limit = library.megabytes(request.max_content_length or 0)
-        error.description = f"The request is larger than the limit of {limit}."
-    if request.path.startswith("/api/"):
-        response = jsonify(error=error.description)
-        response.status_code = error.code or 500
-        return response
-    return render_template("error.html", error=error), error.code or 500
-
-
-def handle_database_down(error: sqlalchemy.exc.SQLAlchemyError):
-    log.error("database unavailable: %s", error)
-    return handle_http_error(ServiceUnavailable("The database is unreachable; try again shortly."))
-
-
-def init_app(app: Flask) -> None:
-    app.register_error_handler(HTTPException, handle_http_error)
-    for error in (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError):
-        app.register_error_handler(error, handle_database_down)
+    return {"image": image_json(actions.retry(queries.get_image(image_id)))}, 202

@@ -28,8 +28,7 @@ from werkzeug.exceptions import BadRequest, Conflict, Forbidden, TooManyRequests
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from imagerec.models import User
-from web.db import get_session
-from web.library import aware
+from web.db import aware, get_session
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 

@@ -23,9 +23,10 @@ from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
 
 from imagerec.blobstore import BlobNotFound, BlobStoreUnavailable
 from imagerec.formats import sniff_format
-from web import library
+from web import actions, queries
 from web.auth import login_required
 from web.db import get_blobs
+from web.present import image_json
 
 bp = Blueprint("photos", __name__, url_prefix="/photos")
 log = logging.getLogger("imagerec.web")
@@ -39,16 +40,16 @@ DISPLAY_SIDE = 2048
 @bp.get("/<image_id>")
 @login_required
 def photo(image_id: str):
-    image = library.get_image(image_id)
-    return render_template("photos/photo.html", image=library.image_json(image), album=image.album)
+    image = queries.get_image(image_id)
+    return render_template("photos/photo.html", image=image_json(image), album=image.album)
 
 
 @bp.post("/<image_id>/delete")
 @login_required
 def delete(image_id: str):
-    image = library.get_image(image_id)
+    image = queries.get_image(image_id)
     album_id, name = image.album_id, image.file_name
-    library.delete_image(image)
+    actions.delete_image(image)
     flash(f"Deleted {name}.", "info")
     return _back_to_album(album_id)
 
@@ -56,9 +57,9 @@ def delete(image_id: str):
 @bp.post("/<image_id>/retry")
 @login_required
 def retry(image_id: str):
-    image = library.get_image(image_id)
+    image = queries.get_image(image_id)
     try:
-        library.retry(image)
+        actions.retry(image)
     except Conflict as e:
         flash(e.description, "error")
     return _back_to_album(image.album_id)
@@ -73,7 +74,7 @@ def _back_to_album(album_id: int):
 @bp.get("/<image_id>/original")
 @login_required
 def original(image_id: str):
-    image = library.get_image(image_id)
+    image = queries.get_image(image_id)
     data = _read(image.blob_key)
     return _blob_response(data, image.format or sniff_format(data[:32]), image.file_name)
 
@@ -81,7 +82,7 @@ def original(image_id: str):
 @bp.get("/<image_id>/thumbnail")
 @login_required
 def thumbnail(image_id: str):
-    image = library.get_image(image_id)
+    image = queries.get_image(image_id)
     if not image.thumbnail_key:
         raise NotFound("This photo has no thumbnail yet.")
     data = _read(image.thumbnail_key)
@@ -92,7 +93,7 @@ def thumbnail(image_id: str):
 @login_required
 def display(image_id: str):
     """The original as a browser can show it: as stored, or HEIF converted to JPEG."""
-    image = library.get_image(image_id)
+    image = queries.get_image(image_id)
     data = _read(image.blob_key)
     kind = sniff_format(data[:32])
     if kind in BROWSER_FORMATS:

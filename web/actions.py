@@ -1,0 +1,225 @@
+"""What changes albums and photos: create, rename, delete, upload, retry and move.
+
+Each action takes rows already loaded (and so already checked to be the user's) by
+web/queries.py. Rows are written before blobs are deleted, and blobs before rows are made:
+a stray blob costs only space, a row without its blob is a broken photo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import uuid
+from typing import Any
+
+from flask import current_app, g
+from sqlalchemy.exc import IntegrityError
+from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import BadRequest, Conflict, RequestEntityTooLarge, ServiceUnavailable
+
+from imagerec.blobstore import BlobNotFound, BlobStoreUnavailable, original_key, thumbnail_key
+from imagerec.events import UPLOADED, new_event
+from imagerec.formats import extension_for
+from imagerec.images import same_photo_in_album, uploaded_event_data
+from imagerec.models import Album, Image, Status
+from web.broker import sender
+from web.db import get_blobs, get_session
+from web.errors import Duplicate
+from web.present import STATUS_TEXT, file_size
+from web.queries import can_retry, printable
+
+log = logging.getLogger("imagerec.web")
+
+MAX_ALBUM_NAME = 100
+# type/subtype of RFC 6838 restricted-name characters, as werkzeug lowercases it (no parameters).
+MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$")
+
+
+# --- albums ----------------------------------------------------------------------------------
+
+
+def check_album_name(name: str) -> str:
+    name = " ".join(printable(name).split())
+    if not name:
+        raise BadRequest("An album needs a name.")
+    if len(name) > MAX_ALBUM_NAME:
+        raise BadRequest(f"An album name has at most {MAX_ALBUM_NAME} characters.")
+    return name
+
+
+def create_album(name: str) -> Album:
+    album = Album(user_id=g.user.id, name=check_album_name(name))
+    _commit_unique(album, f"You already have an album called {album.name}.")
+    return album
+
+
+def rename_album(album: Album, name: str) -> Album:
+    album.name = check_album_name(name)
+    _commit_unique(album, f"You already have an album called {album.name}.")
+    return album
+
+
+def delete_album(album: Album) -> None:
+    keys = [k for image in album.images for k in _blob_keys(image)]
+    db = get_session()
+    db.delete(album)
+    db.commit()
+    _delete_blobs(keys)
+
+
+def _commit_unique(row: Any, conflict: str) -> None:
+    db = get_session()
+    db.add(row)
+    try:
+        db.commit()
+    except IntegrityError:
+        db.rollback()
+        raise Conflict(conflict) from None
+
+
+# --- photos ----------------------------------------------------------------------------------
+
+
+def upload(album: Album, file: FileStorage) -> Image:
+    """Store one uploaded file and start its workflow; answers only once both are durable."""
+    # Shown to the user and offered as a download name; never part of a key.
+    file_name = printable(file.filename or "")[-255:] or "unnamed"
+
+    limit = current_app.config["MAX_UPLOAD_BYTES"]
+    data = file.stream.read(limit + 1)
+    if len(data) > limit:
+        raise RequestEntityTooLarge(
+            f"{file_name} is larger than the limit of {file_size(limit)} per photo."
+        )
+    if not data:
+        raise BadRequest(f"{file_name} is empty (0 bytes).")
+    content_hash = hashlib.sha256(data).hexdigest()
+    existing = same_photo_in_album(get_session(), album.id, content_hash)
+    if existing is not None:
+        raise Duplicate(file_name, existing)
+
+    image_id = uuid.uuid4().hex
+    key = original_key(g.user.id, album.id, image_id, extension_for(data[:32]))
+    try:
+        get_blobs().put(key, data)
+    except BlobStoreUnavailable as e:
+        log.error("upload of %s: %s", image_id, e)
+        raise ServiceUnavailable("The photo store is unreachable; try again shortly.") from e
+    image = Image(
+        id=image_id,
+        user_id=g.user.id,
+        album_id=album.id,
+        blob_key=key,
+        file_name=file_name,
+        content_type=_claimed_type(file.mimetype),
+        size=len(data),
+        content_hash=content_hash,
+        status=Status.UPLOADED,
+    )
+    db = get_session()
+    db.add(image)
+    try:
+        db.commit()
+    # Any other failure (the database gone mid-commit) keeps the blob: the row may have been
+    # committed all the same, and a stray blob costs only space.
+    except IntegrityError:
+        # The same bytes raced in through another request: that one wins.
+        db.rollback()
+        get_blobs().delete(key)
+        existing = same_photo_in_album(get_session(), album.id, content_hash)
+        if existing is None:
+            raise
+        raise Duplicate(file_name, existing) from None
+    start_workflow(image)
+    return image
+
+
+def start_workflow(image: Image) -> bool:
+    """Hand the uploaded event to the Broker in the background; False when there is none."""
+    event = new_event(UPLOADED, "/web", uploaded_event_data(image), subject=image.id)
+    return sender().send(event)
+
+
+def retry(image: Image) -> Image:
+    """Start the workflow again: steps are idempotent, so a second run changes nothing else."""
+    if image.status not in (Status.FAILED, Status.UPLOADED) and not can_retry(image):
+        raise Conflict(
+            f"{image.file_name} is {image.status}; only failed, waiting or stuck photos retry."
+        )
+    image.status = Status.UPLOADED
+    image.reason = None
+    get_session().commit()
+    start_workflow(image)
+    return image
+
+
+def delete_image(image: Image) -> None:
+    keys = _blob_keys(image)
+    db = get_session()
+    db.delete(image)
+    db.commit()
+    _delete_blobs(keys)
+
+
+def _blob_keys(image: Image) -> list[str]:
+    # The thumbnail key is derived too: the pipeline may write it after this row was read.
+    return sorted({image.blob_key, image.thumbnail_key or thumbnail_key(image.blob_key)})
+
+
+def _delete_blobs(keys: list[str]) -> None:
+    blobs = get_blobs()
+    for key in keys:
+        try:
+            blobs.delete(key)
+        except (BlobStoreUnavailable, ValueError) as e:
+            log.warning("could not delete blob %s: %s", key, e)
+
+
+def _claimed_type(mimetype: str) -> str | None:
+    """The client's content type, kept only to show; None unless it looks like a media type."""
+    return mimetype if MEDIA_TYPE.match(mimetype) else None
+
+
+def move_image(image: Image, album: Album) -> Image:
+    """Into another of the user's albums; its blobs move too, since their keys name the album.
+
+    Only photos the pipeline is not working on: its events name the album they started in.
+    """
+    if image.album_id == album.id:
+        return image
+    if image.status in (Status.UPLOADED, Status.PROCESSING):
+        raise Conflict(
+            f"{image.file_name} is {STATUS_TEXT[image.status].rstrip('…').lower()}; "
+            "move it once it is done."
+        )
+    db = get_session()
+    if image.content_hash is not None:
+        existing = same_photo_in_album(db, album.id, image.content_hash)
+        if existing is not None:
+            raise Duplicate(image.file_name, existing)
+    blobs = get_blobs()
+    old_keys = _blob_keys(image)
+    extension = image.blob_key.rsplit(".", 1)[-1]
+    new_key = original_key(g.user.id, album.id, image.id, extension)
+    new_thumbnail = thumbnail_key(new_key) if image.thumbnail_key else None
+    try:
+        blobs.put(new_key, blobs.get(image.blob_key))
+        if image.thumbnail_key and new_thumbnail:
+            blobs.put(new_thumbnail, blobs.get(image.thumbnail_key))
+    except BlobNotFound:
+        raise Conflict(f"{image.file_name}'s file is gone; delete it instead.") from None
+    except BlobStoreUnavailable as e:
+        raise ServiceUnavailable("The photo store is unreachable; try again shortly.") from e
+    image.album_id, image.blob_key, image.thumbnail_key = album.id, new_key, new_thumbnail
+    try:
+        db.commit()
+    except IntegrityError:  # the same bytes reached that album meanwhile
+        db.rollback()
+        _delete_blobs([new_key, thumbnail_key(new_key)])
+        existing = same_photo_in_album(db, album.id, image.content_hash or "")
+        if existing is None:
+            raise
+        raise Duplicate(image.file_name, existing) from None
+    _delete_blobs(old_keys)
+    return image

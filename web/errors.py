@@ -1,0 +1,52 @@
+"""How the web service says no: the duplicate-photo refusal, and the app's error handlers
+(JSON `{"error": "<one sentence>"}` under /api/, the error page elsewhere)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import sqlalchemy.exc
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
+
+from imagerec.models import Image
+from web.present import file_size
+
+log = logging.getLogger("imagerec.web")
+
+
+@dataclass
+class Duplicate(Exception):
+    """These bytes are already in the album as `existing`."""
+
+    file_name: str
+    existing: Image
+
+    @property
+    def message(self) -> str:
+        return f"{self.file_name} is already in this album as {self.existing.file_name}."
+
+
+def handle_http_error(error: HTTPException):
+    if isinstance(error, RequestEntityTooLarge) and error.description == (
+        RequestEntityTooLarge.description
+    ):
+        limit = file_size(request.max_content_length or 0)
+        error.description = f"The request is larger than the limit of {limit}."
+    if request.path.startswith("/api/"):
+        response = jsonify(error=error.description)
+        response.status_code = error.code or 500
+        return response
+    return render_template("error.html", error=error), error.code or 500
+
+
+def handle_database_down(error: sqlalchemy.exc.SQLAlchemyError):
+    log.error("database unavailable: %s", error)
+    return handle_http_error(ServiceUnavailable("The database is unreachable; try again shortly."))
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_error)
+    for error in (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError):
+        app.register_error_handler(error, handle_database_down)

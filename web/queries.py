@@ -1,0 +1,156 @@
+"""Reading albums and photos for the signed-in user: the loaders every view starts with,
+and the listings the pages and the JSON API show.
+
+Every loader 404s on anything the signed-in user does not own: another user's album and a
+missing one look the same, so ids leak nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import current_app, g
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.orm import selectinload
+from werkzeug.exceptions import NotFound
+
+from imagerec.models import Album, Detection, Image, Status
+from web.db import aware, get_session
+
+MAX_ROW_ID = 2**31 - 1  # an INTEGER key; anything larger cannot name a row
+IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # as the uploaded event's schema
+
+
+def get_album(album_id: int) -> Album:
+    album = get_session().get(Album, album_id) if 0 < album_id <= MAX_ROW_ID else None
+    if album is None or album.user_id != g.user.id:
+        raise NotFound("No such album.")
+    return album
+
+
+def get_image(image_id: str) -> Image:
+    image = (
+        get_session().get(Image, image_id, options=[selectinload(Image.detections)])
+        if IMAGE_ID.match(image_id)
+        else None
+    )
+    if image is None or image.user_id != g.user.id:
+        raise NotFound("No such photo.")
+    return image
+
+
+def list_albums() -> list[tuple[Album, dict[str, int], str | None]]:
+    """The user's albums, newest first, each with its photos counted by state and its cover
+    photo's id: one query, however many albums."""
+    counts = (
+        select(Image.album_id, *(_count_where(Image.status.in_(s)).label(k) for k, s in _STATES))
+        .where(Image.user_id == g.user.id)
+        .group_by(Image.album_id)
+        .subquery()
+    )
+    cover = (
+        select(Image.id)
+        .where(Image.album_id == Album.id, Image.thumbnail_key.is_not(None))
+        .order_by(Image.created_at.desc(), Image.id.desc())
+        .limit(1)
+        .correlate(Album)
+        .scalar_subquery()
+    )
+    rows = get_session().execute(
+        select(Album, *(counts.c[k] for k, _ in _STATES), cover)
+        .outerjoin(counts, counts.c.album_id == Album.id)
+        .where(Album.user_id == g.user.id)
+        .order_by(Album.created_at.desc(), Album.id.desc())
+    )
+    return [
+        (album, {k: n or 0 for (k, _), n in zip(_STATES, numbers, strict=True)}, cover_id)
+        for album, *numbers, cover_id in rows
+    ]
+
+
+# How the album object counts photos: a waiting photo is counted as processing.
+_STATES = (
+    ("done", (Status.DONE,)),
+    ("processing", (Status.UPLOADED, Status.PROCESSING)),
+    ("rejected", (Status.REJECTED,)),
+    ("failed", (Status.FAILED,)),
+)
+
+
+def _count_where(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return func.sum(case((condition, 1), else_=0))
+
+
+def album_counts(album: Album) -> dict[str, int]:
+    """The album's photos by state, as `list_albums` counts them."""
+    by_status = dict(
+        get_session()
+        .execute(
+            select(Image.status, func.count(Image.id))
+            .where(Image.album_id == album.id)
+            .group_by(Image.status)
+        )
+        .all()
+    )
+    return {k: sum(by_status.get(s, 0) for s in states) for k, states in _STATES}
+
+
+def cover_of(album: Album) -> str | None:
+    return get_session().scalar(
+        select(Image.id)
+        .where(Image.album_id == album.id, Image.thumbnail_key.is_not(None))
+        .order_by(Image.created_at.desc(), Image.id.desc())
+        .limit(1)
+    )
+
+
+def list_images(album: Album | None, label: str | None = None) -> list[Image]:
+    """The photos of one album (or of all the user's albums), newest first, maybe by label."""
+    query = (
+        select(Image)
+        .where(Image.user_id == g.user.id)
+        .options(selectinload(Image.detections))
+        .order_by(Image.created_at.desc(), Image.id)
+    )
+    if album is not None:
+        query = query.where(Image.album_id == album.id)
+    label = printable(label or "").strip()[:128]
+    if label:
+        labelled = select(Detection.image_id).where(func.lower(Detection.label) == label.lower())
+        query = query.where(Image.id.in_(labelled))
+    return list(get_session().scalars(query))
+
+
+def labels_in(album: Album | None) -> list[dict[str, Any]]:
+    """Each label (in one album, or all) with the number of photos showing it, most first."""
+    photos = func.count(func.distinct(Detection.image_id))
+    query = (
+        select(Detection.label, photos)
+        .join(Image, Image.id == Detection.image_id)
+        .where(Image.user_id == g.user.id)
+        .group_by(Detection.label)
+        .order_by(photos.desc(), Detection.label)
+    )
+    if album is not None:
+        query = query.where(Image.album_id == album.id)
+    return [{"label": label, "count": n} for label, n in get_session().execute(query).all()]
+
+
+def can_retry(image: Image) -> bool:
+    """Failed photos, and photos the pipeline has not moved on for a while (none spins forever)."""
+    if image.status == Status.FAILED:
+        return True
+    patience = {
+        Status.UPLOADED: current_app.config["RETRY_UPLOADED_AFTER_SECONDS"],
+        Status.PROCESSING: current_app.config["STUCK_AFTER_SECONDS"],
+    }.get(image.status)
+    if patience is None or image.updated_at is None:
+        return False
+    return (datetime.now(UTC) - aware(image.updated_at)).total_seconds() > patience
+
+
+def printable(text: str) -> str:
+    """Without control characters (NUL included, which PostgreSQL text cannot hold)."""
+    return "".join(c for c in text if c.isprintable())
