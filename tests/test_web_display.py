@@ -185,3 +185,75 @@ def test_a_photo_in_flight_does_not_move(backend, ann):
         "PATCH", f"/api/images/{image['id']}", json={"albumId": ann.create_album("B")}
     )
     assert response.status_code == 409 and "once it is done" in response.json["error"]
+
+
+# --- bulk ------------------------------------------------------------------------------------
+
+
+def _photos(backend, ann, album_id: int, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        image = ann.upload_one(album_id, (DOG.read_bytes() + bytes([i]), f"{i}.jpg"))
+        set_done(backend, image["id"])
+        ids.append(image["id"])
+    return ids
+
+
+def test_bulk_delete(backend, ann, bob):
+    album_id = ann.create_album()
+    ids = _photos(backend, ann, album_id, 3)
+    theirs = bob.upload_one(bob.create_album(), DOG)
+    body = {"action": "delete", "ids": [ids[0], ids[2], theirs["id"], "nope"]}
+    response = ann.api("POST", "/api/images/bulk", json=body)
+    assert response.status_code == 200
+    assert response.json["deleted"] == [ids[0], ids[2]]
+    assert response.json["errors"] == [
+        {"id": theirs["id"], "error": "No such photo.", "status": 404},
+        {"id": "nope", "error": "No such photo.", "status": 404},
+    ]
+    left = ann.get(f"/api/albums/{album_id}/images").json["images"]
+    assert [i["id"] for i in left] == [ids[1]]
+    assert bob.get(f"/api/images/{theirs['id']}").status_code == 200
+
+
+def test_bulk_move_with_a_duplicate(backend, ann):
+    source, target = ann.create_album("A"), ann.create_album("B")
+    ids = _photos(backend, ann, source, 2)
+    twin = ann.upload_one(target, (DOG.read_bytes() + bytes([1]), "twin.jpg"))
+    body = {"action": "move", "ids": ids, "albumId": target}
+    response = ann.api("POST", "/api/images/bulk", json=body)
+    assert response.status_code == 200
+    assert response.json["moved"] == [ids[0]]
+    assert response.json["errors"] == [
+        {"id": ids[1], "error": "1.jpg is already in this album as twin.jpg.", "status": 409}
+    ]
+    in_target = {i["id"] for i in ann.get(f"/api/albums/{target}/images").json["images"]}
+    assert in_target == {ids[0], twin["id"]}
+
+
+def test_bulk_move_into_someone_elses_album_is_404(backend, ann, bob):
+    ids = _photos(backend, ann, ann.create_album(), 1)
+    body = {"action": "move", "ids": ids, "albumId": bob.create_album()}
+    assert ann.api("POST", "/api/images/bulk", json=body).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"action": "copy", "ids": []},
+        {"action": "delete", "ids": "abc"},
+        {"action": "delete", "ids": [1, 2]},
+        {"action": "delete", "ids": ["a"] * 501},
+        {"action": "move", "ids": ["a"]},
+    ],
+)
+def test_bulk_refuses_a_bad_body(ann, body):
+    response = ann.api("POST", "/api/images/bulk", json=body)
+    assert response.status_code == 400 and response.json["error"]
+
+
+def test_bulk_needs_the_csrf_token(backend, ann):
+    ids = _photos(backend, ann, ann.create_album(), 1)
+    response = ann.client.post("/api/images/bulk", json={"action": "delete", "ids": ids})
+    assert response.status_code == 403
+    assert ann.get(f"/api/images/{ids[0]}").status_code == 200

@@ -18,6 +18,8 @@ from web.present import SORTS, album_json, image_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
+MAX_BULK = 500
+
 
 def _json_body() -> dict[str, Any]:
     body = request.get_json(silent=True)
@@ -199,6 +201,38 @@ def move_image(image_id: str):
         return {"image": image_json(actions.move_image(image, album))}
     except Duplicate as e:
         return {"error": e.message, "duplicateOf": image_json(e.existing)}, 409
+
+
+@bp.post("/images/bulk")
+@login_required
+def bulk_images():
+    """Delete or move many photos: `{"action": "delete"|"move", "ids": [...], "albumId": n}`;
+    each photo succeeds or fails on its own."""
+    body = _json_body()
+    action = body.get("action")
+    if action not in ("delete", "move"):
+        raise BadRequest('The field \'action\' is "delete" or "move".')
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise BadRequest("The field 'ids' is required and must be a list of photo ids.")
+    if len(ids) > MAX_BULK:
+        raise BadRequest(f"At most {MAX_BULK} photos at a time.")
+    album = queries.get_album(_album_id(body)) if action == "move" else None
+    done: list[str] = []
+    errors: list[dict[str, Any]] = []
+    for image_id in dict.fromkeys(ids):
+        try:
+            image = queries.get_image(image_id)
+            if album is None:
+                actions.delete_image(image)
+            else:
+                actions.move_image(image, album)
+            done.append(image_id)
+        except Duplicate as e:
+            errors.append({"id": image_id, "error": e.message, "status": 409})
+        except HTTPException as e:
+            errors.append({"id": image_id, "error": e.description, "status": e.code})
+    return {"deleted" if album is None else "moved": done, "errors": errors}
 
 
 @bp.delete("/images/<image_id>")
