@@ -22,7 +22,7 @@ test-setup: $(VENV)/bin/python
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    chromium libimage-exiftool-perl >/dev/null; }
 	sh tests/start-services.sh
-	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,test]'
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,bench,test]'
 	$(VENV)/bin/pip install -q -c requirements.lock --ignore-requires-python pykustomize==0.1.4
 
 lint:
@@ -33,4 +33,5 @@ test: test-setup lint
 	$(VENV)/bin/python -m pytest
 
 bench: setup
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,bench]'
 	$(VENV)/bin/python benchmarks/run.py
