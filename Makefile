@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 SHARED_MODEL := $(abspath ../shared/models/centernet-coco-tfhub-style)
+# The browser tests inject axe-core (accessibility rules) into every page they check.
+AXE_VERSION := 4.10.3
+AXE := .cache/axe/node_modules/axe-core/axe.min.js
 
 .PHONY: dev test setup test-setup lint bench
 
@@ -21,8 +24,11 @@ test-setup: $(VENV)/bin/python
 	@command -v chromium >/dev/null && command -v exiftool >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    chromium libimage-exiftool-perl >/dev/null; }
+	@command -v npm >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+	@test -f $(AXE) || npm install -s --no-audit --no-fund --prefix .cache/axe axe-core@$(AXE_VERSION)
 	sh tests/start-services.sh
-	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,bench,test]'
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,test]'
 	$(VENV)/bin/pip install -q -c requirements.lock --ignore-requires-python pykustomize==0.1.4
 
 lint:
@@ -33,5 +39,4 @@ test: test-setup lint
 	$(VENV)/bin/python -m pytest
 
 bench: setup
-	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,bench]'
 	$(VENV)/bin/python benchmarks/run.py

@@ -166,7 +166,8 @@ def _jpeg(colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:
     picture = PILImage.new("RGB", size, colour)
     # A lighter band, so a thumbnail is visibly a picture and its orientation shows.
     picture.paste(tuple(min(255, c + 60) for c in colour), (0, size[1] // 2, size[0], size[1]))
-    picture.save(out, "JPEG", quality=80)
+    # A comment of its own: no two made photos are the same bytes (the album would refuse them).
+    picture.save(out, "JPEG", quality=80, comment=uuid.uuid4().hex.encode())
     return out.getvalue()
 
 

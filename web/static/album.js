@@ -1,5 +1,8 @@
-// The album page: uploads with a progress bar per file, and photo cards kept live by polling
-// the JSON API. Data is only ever put into the page as text (textContent), never as HTML.
+// The album page: a gallery of tiles grouped under day headings, loaded a page at a time from
+// the JSON API (nextCursor), kept live while something is in flight (conditional requests, so an
+// unchanged album costs a 304), uploads with a progress bar per file, and selection of several
+// photos to delete or move. Every word and URL comes from the server (the JSON's display strings
+// and actions, or the template); data is only ever put into the page as text.
 "use strict";
 
 (() => {
@@ -7,73 +10,56 @@
   if (!root) return;
 
   const grid = document.getElementById("photo-grid");
-  const template = document.getElementById("photo-card-template");
+  const cardTemplate = document.getElementById("photo-card-template");
+  const dayTemplate = document.getElementById("day-template");
+  const itemTemplate = document.getElementById("upload-item-template");
+  const words = document.getElementById("upload-words").dataset;
+  const uploads = document.getElementById("uploads");
   const uploadList = document.getElementById("upload-list");
-  const dropZone = document.getElementById("upload-form");
   const fileInput = document.getElementById("file-input");
+  const uploadForm = document.getElementById("upload-form");
   const emptyNote = document.getElementById("no-photos");
   const filterNav = document.getElementById("label-filter");
+  const loadMore = document.getElementById("load-more");
+  const summary = document.getElementById("album-summary");
   const label = root.dataset.label;
+  const sort = root.dataset.sort;
   const maxBytes = Number(root.dataset.maxUploadBytes);
-  const STATUS_TEXT = {
-    uploaded: "Waiting",
-    processing: "Processing",
-    done: "Done",
-    rejected: "Rejected",
-    failed: "Failed",
-  };
-  const BUSY = new Set(["uploaded", "processing"]);
-  const POLL_BUSY_MS = 1500;
-  const POLL_IDLE_MS = 5000;
+
+  const PAGE = 120;
+  const POLL_MS = 2000;
   const PARALLEL_UPLOADS = 3;
+  const CLEAR_DONE_AFTER_MS = 4000;
+  const BUSY = new Set(["uploaded", "processing"]);
+  const UPLOADING = new Set(["queued", "uploading"]);
 
-  // --- cards -----------------------------------------------------------------------------------
+  const images = new Map(); // id -> the API's photo object
+  const stamps = new Map(); // id -> the JSON last painted on its tile
+  let order = []; // ids, in the server's order for this sort
+  let nextCursor = null;
+  let etag = null;
+  let loading = false;
 
-  function metaValue(image, field) {
-    switch (field) {
-      case "taken":
-        return image.takenAt ? image.takenAt.replace("T", " ") : null;
-      case "camera": {
-        const make = image.camera.make || "";
-        const model = image.camera.model || "";
-        return (model.startsWith(make) ? model : make + " " + model).trim() || null;
-      }
-      case "dimensions": {
-        if (!image.width) return null;
-        const turned = (image.orientation || 1) >= 5;
-        return turned ? image.height + " × " + image.width : image.width + " × " + image.height;
-      }
-      case "bytes":
-        return imagerec.humanBytes(image.fileSize || image.size);
-      case "place":
-        return image.gps ? image.gps.lat.toFixed(5) + ", " + image.gps.lon.toFixed(5) : null;
-      default:
-        return null;
-    }
+  function listUrl(cursor) {
+    const params = new URLSearchParams({ sort, limit: String(PAGE) });
+    if (label) params.set("label", label);
+    if (cursor) params.set("cursor", cursor);
+    return root.dataset.imagesUrl + "?" + params;
   }
 
-  function labelChip(l) {
-    const li = document.createElement("li");
-    li.className = "label-chip";
-    li.dataset.label = l.label;
-    li.dataset.score = l.score.toFixed(4);
-    li.textContent = l.label + " ";
-    const score = document.createElement("span");
-    score.className = "score";
-    score.textContent = Math.floor(l.score * 100) + "%";
-    li.appendChild(score);
-    return li;
-  }
+  // --- tiles -----------------------------------------------------------------------------------
 
   function fillCard(card, image) {
+    const display = image.display;
     card.id = "photo-" + image.id;
     card.dataset.imageId = image.id;
     card.dataset.status = image.status;
-    card.querySelector(".photo-link").href = image.urls.page;
+    const link = card.querySelector(".photo-link");
+    link.href = image.urls.page;
+    link.setAttribute("aria-label", display.title);
 
     const thumb = card.querySelector("img.thumb");
     const placeholder = card.querySelector(".thumb-placeholder");
-    thumb.alt = image.fileName;
     if (image.urls.thumbnail) {
       if (thumb.getAttribute("src") !== image.urls.thumbnail) thumb.src = image.urls.thumbnail;
       thumb.hidden = false;
@@ -82,88 +68,277 @@
       thumb.hidden = true;
       placeholder.hidden = false;
     }
-
-    const name = card.querySelector(".file-name");
-    name.textContent = image.fileName;
-    name.title = image.fileName;
-
     const badge = card.querySelector(".status-badge");
-    badge.className = "status-badge status-" + image.status;
     badge.dataset.status = image.status;
-    badge.textContent = STATUS_TEXT[image.status] || image.status;
-
+    badge.textContent = display.status;
+    badge.hidden = image.status === "done";
     const reason = card.querySelector(".reason");
-    reason.textContent = image.reason || "";
-    reason.hidden = !image.reason;
+    reason.textContent = display.reason || "";
+    reason.hidden = !display.reason;
+    card.querySelector(".file-name").textContent = image.fileName;
+    for (const span of card.querySelectorAll(".action-name")) span.textContent = " " + image.fileName;
+    card.querySelector(".select-photo").setAttribute("aria-label", "Select " + image.fileName);
 
-    const labels = card.querySelector(".labels");
-    const shown = Array.from(labels.children, (li) => li.dataset.label + li.dataset.score).join();
-    const wanted = image.labels.map((l) => l.label + l.score.toFixed(4)).join();
-    if (shown !== wanted) labels.replaceChildren(...image.labels.map(labelChip));
-
-    for (const item of card.querySelectorAll(".meta-item")) {
-      const value = metaValue(image, item.dataset.field);
-      const dd = item.querySelector("dd");
-      if (item.dataset.field === "place" && value) {
-        const link = document.createElement("a");
-        link.href = image.gps.mapUrl;
-        link.rel = "noopener noreferrer";
-        link.target = "_blank";
-        link.textContent = value;
-        dd.replaceChildren(link);
-      } else {
-        dd.textContent = value || "";
-      }
-      item.hidden = !value;
-    }
-
-    const retryForm = card.querySelector(".retry-form");
-    retryForm.action = "/photos/" + encodeURIComponent(image.id) + "/retry";
-    retryForm.hidden = !image.retryable;
-    card.querySelector(".delete-photo-form").action =
-      "/photos/" + encodeURIComponent(image.id) + "/delete";
+    const retry = card.querySelector(".retry-button");
+    retry.dataset.url = image.actions.retry || "";
+    retry.hidden = !image.actions.retry;
+    card.querySelector(".delete-photo-button").dataset.url = image.actions.delete;
     return card;
   }
 
   function cardFor(image) {
-    return (
+    const card =
       document.getElementById("photo-" + image.id) ||
-      template.content.firstElementChild.cloneNode(true)
-    );
+      cardTemplate.content.firstElementChild.cloneNode(true);
+    const stamp = JSON.stringify(image);
+    if (stamps.get(image.id) !== stamp || !card.id) {
+      fillCard(card, image);
+      stamps.set(image.id, stamp);
+    }
+    return card;
   }
 
-  function render(images) {
-    const keep = new Set(images.map((i) => "photo-" + i.id));
-    for (const card of Array.from(grid.children)) {
-      if (!keep.has(card.id)) card.remove();
+  function newDay(day) {
+    const section = dayTemplate.content.firstElementChild.cloneNode(true);
+    section.dataset.day = day;
+    section.querySelector(".day-heading").textContent = day;
+    return section;
+  }
+
+  function trim(list, keep) {
+    if (!list) return;
+    while (list.children.length > keep) list.lastElementChild.remove();
+  }
+
+  // Tiles in the server's order, each under its day's heading; existing nodes are reused, so
+  // focus, selection and loaded thumbnails survive every refresh.
+  function render() {
+    let day = null;
+    let list = null;
+    let position = 0;
+    let sections = 0;
+    for (const id of order) {
+      const image = images.get(id);
+      if (image.display.day !== day) {
+        trim(list, position);
+        day = image.display.day;
+        let section = grid.children[sections];
+        if (!section || section.dataset.day !== day) {
+          section = newDay(day);
+          grid.insertBefore(section, grid.children[sections] || null);
+        }
+        sections += 1;
+        list = section.querySelector(".photo-grid");
+        position = 0;
+      }
+      const card = cardFor(image);
+      if (list.children[position] !== card) list.insertBefore(card, list.children[position] || null);
+      position += 1;
     }
-    images.forEach((image, position) => {
-      const card = fillCard(cardFor(image), image);
-      if (grid.children[position] !== card) grid.insertBefore(card, grid.children[position] || null);
-    });
-    emptyNote.hidden = images.length > 0;
+    trim(list, position);
+    trim(grid, sections);
+    emptyNote.hidden = order.length > 0 || loading;
+    loadMore.hidden = !nextCursor;
+    grid.setAttribute("aria-busy", String(loading));
+    followUploads();
+  }
+
+  function merge(list, fromTop) {
+    for (const image of list) images.set(image.id, image);
+    const ids = list.map((i) => i.id);
+    const incoming = new Set(ids);
+    const rest = order.filter((id) => !incoming.has(id));
+    order = fromTop ? ids.concat(rest) : rest.concat(ids);
+  }
+
+  function forget(id) {
+    images.delete(id);
+    stamps.delete(id);
+    order = order.filter((x) => x !== id);
+    selected.delete(id);
+    updateSelection();
+  }
+
+  // --- loading and polling ---------------------------------------------------------------------
+
+  async function loadPage(cursor) {
+    loading = true;
+    try {
+      const answer = await imagerec.api(listUrl(cursor));
+      if (answer.status === 401 || answer.status === 404) return window.location.reload();
+      if (!answer.ok) return;
+      if (!cursor) etag = answer.headers.get("ETag");
+      nextCursor = answer.body.nextCursor || null;
+      merge(answer.body.images, false);
+    } catch (error) {
+      // Offline for a moment: the button stays, a later scroll tries again.
+    } finally {
+      loading = false;
+      render();
+    }
+  }
+
+  async function loadNextPage() {
+    if (loading || !nextCursor) return;
+    await loadPage(nextCursor);
+    schedule();
+  }
+
+  function inFlight() {
+    if (activeUploads || queue.length) return true;
+    if (uploadList.querySelector(".upload-item[data-following]")) return true;
+    for (const id of order) if (BUSY.has(images.get(id).status)) return true;
+    for (const item of uploadList.children) if (BUSY.has(item.dataset.state)) return true;
+    return false;
+  }
+
+  let timer = null;
+  function schedule() {
+    clearTimeout(timer);
+    timer = null;
+    if (inFlight() && !document.hidden) timer = setTimeout(poll, POLL_MS);
+  }
+
+  // The first page again, only if it changed (If-None-Match): new uploads and state changes.
+  async function poll() {
+    try {
+      const headers = etag ? { "If-None-Match": etag } : {};
+      const answer = await imagerec.api(listUrl(null), { headers });
+      if (answer.status === 401 || answer.status === 404) return window.location.reload();
+      if (answer.ok) {
+        etag = answer.headers.get("ETag");
+        const settled = answer.body.images.some((i) => {
+          const before = images.get(i.id);
+          return before && before.status !== i.status;
+        });
+        merge(answer.body.images, true);
+        if (nextCursor === null) nextCursor = answer.body.nextCursor || null;
+        render();
+        if (settled) refreshAlbum();
+      }
+      root.dataset.polls = String(Number(root.dataset.polls || 0) + 1);
+    } catch (error) {
+      // Offline for a moment: keep the page as it is and try again.
+    }
+    schedule();
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) schedule();
+  });
+
+  // The album's own numbers and labels, as the server counts them.
+  async function refreshAlbum() {
+    try {
+      const answer = await imagerec.api(root.dataset.albumUrl);
+      if (!answer.ok) return;
+      const album = answer.body.album;
+      summary.textContent = [album.display.photoCount, album.display.states]
+        .filter(Boolean)
+        .join(" · ");
+      renderFilter(answer.body.labels);
+    } catch (error) {
+      // The numbers wait for the next change.
+    }
+  }
+
+  function renderFilter(labels) {
+    const all = document.getElementById("filter-all");
+    const current = Array.from(filterNav.querySelectorAll(".filter-chip:not(#filter-all)"));
+    const wanted = labels.map((l) => l.label + "\u0000" + l.count).join("\u0001");
+    const shown = current
+      .map((c) => c.dataset.label + "\u0000" + c.querySelector(".count").textContent)
+      .join("\u0001");
+    if (wanted !== shown) {
+      const chips = labels.map((l) => {
+        const chip = all.cloneNode(false);
+        chip.removeAttribute("id");
+        chip.removeAttribute("aria-current");
+        chip.classList.toggle("active", l.label === label);
+        if (l.label === label) chip.setAttribute("aria-current", "page");
+        chip.dataset.label = l.label;
+        const url = new URL(all.href);
+        url.searchParams.set("label", l.label);
+        chip.href = url.pathname + url.search;
+        chip.textContent = l.label + " ";
+        const count = document.createElement("span");
+        count.className = "count";
+        count.textContent = l.count;
+        chip.appendChild(count);
+        return chip;
+      });
+      current.forEach((c) => c.remove());
+      all.after(...chips);
+    }
+    filterNav.hidden = labels.length === 0;
+  }
+
+  if ("IntersectionObserver" in window) {
+    new IntersectionObserver(
+      (entries) => {
+        if (entries.some((e) => e.isIntersecting)) loadNextPage();
+      },
+      { rootMargin: "600px" }
+    ).observe(loadMore);
+  }
+  loadMore.addEventListener("click", loadNextPage);
+
+  // --- uploads ---------------------------------------------------------------------------------
+
+  const queue = [];
+  let activeUploads = 0;
+  let uploadCount = 0;
+  let clearTimer = null;
+
+  function setUploadState(item, state, text) {
+    if (item.dataset.state === state && item.querySelector(".upload-state").textContent === text) {
+      return;
+    }
+    item.dataset.state = state;
+    item.querySelector(".upload-state").textContent = text;
+    imagerec.announce(item.dataset.fileName + ": " + text);
+    scheduleClear();
+  }
+
+  // Finished uploads leave the list on their own; problems stay until the user clears them.
+  function scheduleClear() {
+    clearTimeout(clearTimer);
+    const items = Array.from(uploadList.children);
+    const pending = items.some((i) => UPLOADING.has(i.dataset.state) || BUSY.has(i.dataset.state));
+    if (pending || !items.length) return;
+    clearTimer = setTimeout(() => {
+      for (const item of uploadList.querySelectorAll(".upload-item[data-state='done']")) {
+        item.remove();
+      }
+      uploads.hidden = !uploadList.children.length;
+    }, CLEAR_DONE_AFTER_MS);
+  }
+
+  document.getElementById("clear-uploads").addEventListener("click", () => {
+    for (const item of Array.from(uploadList.children)) {
+      if (!UPLOADING.has(item.dataset.state) && !BUSY.has(item.dataset.state)) item.remove();
+    }
+    uploads.hidden = !uploadList.children.length;
+    if (uploads.hidden) fileInput.focus();
+  });
+
+  function followUploads() {
     for (const item of uploadList.querySelectorAll(".upload-item[data-image-id]")) {
-      const image = images.find((i) => i.id === item.dataset.imageId);
-      if (image) setUploadState(item, image.status, STATUS_TEXT[image.status] || image.status);
+      const image = images.get(item.dataset.imageId);
+      if (image) setUploadState(item, image.status, image.display.status);
       else if (BUSY.has(item.dataset.state)) followUpload(item); // not in this filtered view
     }
-    if (!label) renderFilter(images);
   }
 
-  // A photo uploaded while the album is filtered may never show in the filtered list: ask for it.
+  // A photo uploaded while the album is filtered (or sorted out of the first page) may never
+  // show in the list the page polls: ask for it on its own.
   async function followUpload(item) {
     if (item.dataset.following) return; // still waiting for the last answer
     item.dataset.following = "1";
     try {
-      const response = await fetch("/api/images/" + encodeURIComponent(item.dataset.imageId), {
-        headers: { Accept: "application/json" },
-      });
-      if (response.status === 404) {
-        setUploadState(item, "deleted", "Deleted");
-      } else if (response.ok) {
-        const image = (await response.json()).image;
-        setUploadState(item, image.status, STATUS_TEXT[image.status] || image.status);
-      }
+      const answer = await imagerec.api(item.dataset.resourceUrl);
+      if (answer.status === 404) setUploadState(item, "deleted", words.deleted);
+      else if (answer.ok) setUploadState(item, answer.body.image.status, answer.body.image.display.status);
     } catch (error) {
       // Offline for a moment: the next poll asks again.
     } finally {
@@ -171,92 +346,17 @@
     }
   }
 
-  function renderFilter(images) {
-    const counts = new Map();
-    for (const image of images) {
-      for (const l of image.labels) counts.set(l.label, (counts.get(l.label) || 0) + 1);
-    }
-    const sorted = [...counts].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
-    const chips = sorted.map(([name, count]) => {
-      const a = document.createElement("a");
-      a.className = "filter-chip";
-      a.dataset.label = name;
-      a.href = "?label=" + encodeURIComponent(name);
-      a.textContent = name + " ";
-      const n = document.createElement("span");
-      n.className = "count";
-      n.textContent = count;
-      a.appendChild(n);
-      return a;
-    });
-    const all = document.getElementById("filter-all");
-    const current = Array.from(filterNav.querySelectorAll(".filter-chip[data-label]:not([data-label=''])"));
-    const same =
-      current.length === chips.length &&
-      current.every((c, i) => c.dataset.label === chips[i].dataset.label && c.textContent === chips[i].textContent);
-    if (!same) {
-      current.forEach((c) => c.remove());
-      all.after(...chips);
-    }
-    filterNav.hidden = chips.length === 0;
-  }
-
-  // --- polling ---------------------------------------------------------------------------------
-
-  let activeUploads = 0;
-  let timer = null;
-  let busy = true;
-
-  async function refresh() {
-    clearTimeout(timer);
-    try {
-      const url = root.dataset.imagesUrl + (label ? "?label=" + encodeURIComponent(label) : "");
-      const response = await fetch(url, { headers: { Accept: "application/json" } });
-      if (response.status === 401 || response.status === 404) {
-        window.location.reload(); // signed out or album gone: let the server say where to go
-        return;
-      }
-      if (response.ok) {
-        const body = await response.json();
-        render(body.images);
-        busy = body.images.some((i) => BUSY.has(i.status));
-        root.dataset.polls = String(Number(root.dataset.polls || 0) + 1);
-      }
-    } catch (error) {
-      // Offline for a moment: keep the page as it is and try again.
-    }
-    const pending = (busy || activeUploads) && !document.hidden;
-    timer = setTimeout(refresh, pending ? POLL_BUSY_MS : POLL_IDLE_MS);
-  }
-
-  document.addEventListener("visibilitychange", () => {
-    if (!document.hidden) refresh();
-  });
-
-  // --- uploads ---------------------------------------------------------------------------------
-
-  const queue = [];
-
-  function setUploadState(item, state, text) {
-    item.dataset.state = state;
-    item.querySelector(".upload-state").textContent = text;
-  }
-
   function addUploadItem(file) {
-    const item = document.createElement("li");
-    item.className = "upload-item";
+    const item = itemTemplate.content.firstElementChild.cloneNode(true);
+    uploadCount += 1;
     item.dataset.fileName = file.name;
-    const name = document.createElement("span");
-    name.className = "upload-name";
+    const name = item.querySelector(".upload-name");
     name.textContent = file.name;
-    const bar = document.createElement("progress");
-    bar.max = 100;
-    bar.value = 0;
-    const state = document.createElement("span");
-    state.className = "upload-state";
-    item.append(name, bar, state);
+    name.id = "upload-name-" + uploadCount;
+    item.querySelector("progress").setAttribute("aria-labelledby", name.id);
     uploadList.prepend(item);
-    setUploadState(item, "queued", "Queued");
+    uploads.hidden = false;
+    setUploadState(item, "queued", words.queued);
     return item;
   }
 
@@ -264,12 +364,13 @@
     for (const file of files) {
       const item = addUploadItem(file);
       if (file.size > maxBytes) {
-        setUploadState(item, "error", "Too large: the limit is " + imagerec.humanBytes(maxBytes));
+        setUploadState(item, "error", words.tooLarge);
         continue;
       }
       queue.push({ file, item });
     }
     pump();
+    schedule();
   }
 
   function pump() {
@@ -279,6 +380,7 @@
       send(file, item).finally(() => {
         activeUploads -= 1;
         pump();
+        schedule();
       });
     }
   }
@@ -293,36 +395,37 @@
       xhr.upload.onprogress = (event) => {
         if (event.lengthComputable) bar.value = Math.round((event.loaded / event.total) * 100);
       };
-      setUploadState(item, "uploading", "Uploading");
+      setUploadState(item, "uploading", words.uploading);
       xhr.onload = () => {
         let body = {};
         try {
           body = JSON.parse(xhr.responseText);
         } catch (error) {
-          body = { error: "The server answered " + xhr.status + "." };
+          body = { error: words.broken };
         }
         if (xhr.status === 201 && body.images.length) {
           bar.value = 100;
           const image = body.images[0];
           item.dataset.imageId = image.id;
-          setUploadState(item, image.status, STATUS_TEXT[image.status] || image.status);
-          if (!label && !document.getElementById("photo-" + image.id)) {
-            grid.prepend(fillCard(cardFor(image), image));
-            emptyNote.hidden = true;
+          item.dataset.resourceUrl = image.actions.delete; // the photo's API resource
+          if (!label) {
+            merge([image], true);
+            render();
           }
-          refresh();
+          setUploadState(item, image.status, image.display.status);
         } else if (xhr.status === 409 && body.duplicates && body.duplicates.length) {
           // Not this upload's photo: its status must never be painted on this row.
           const duplicate = body.duplicates[0];
+          bar.value = 100;
           item.dataset.duplicateOf = duplicate.duplicateOf.id;
           setUploadState(item, "duplicate", duplicate.message);
         } else {
-          setUploadState(item, "error", body.error || "Upload failed (" + xhr.status + ").");
+          setUploadState(item, "error", body.error || words.broken);
         }
         resolve();
       };
       xhr.onerror = () => {
-        setUploadState(item, "error", "Upload failed: the connection broke.");
+        setUploadState(item, "error", words.broken);
         resolve();
       };
       const form = new FormData();
@@ -335,24 +438,216 @@
     enqueue(Array.from(fileInput.files));
     fileInput.value = "";
   });
-  dropZone.addEventListener("submit", (event) => {
+  uploadForm.addEventListener("submit", (event) => {
     event.preventDefault();
     enqueue(Array.from(fileInput.files));
     fileInput.value = "";
   });
-  for (const type of ["dragenter", "dragover"]) {
-    dropZone.addEventListener(type, (event) => {
-      event.preventDefault();
-      dropZone.classList.add("dragging");
-    });
-  }
-  for (const type of ["dragleave", "drop"]) {
-    dropZone.addEventListener(type, () => dropZone.classList.remove("dragging"));
-  }
-  dropZone.addEventListener("drop", (event) => {
+  // Files dropped anywhere on the page.
+  let dragDepth = 0;
+  const isFileDrag = (event) =>
+    event.dataTransfer && Array.from(event.dataTransfer.types || []).includes("Files");
+  document.addEventListener("dragenter", (event) => {
+    if (!isFileDrag(event)) return;
+    event.preventDefault();
+    dragDepth += 1;
+    document.body.classList.add("dragging");
+  });
+  document.addEventListener("dragover", (event) => {
+    if (isFileDrag(event)) event.preventDefault();
+  });
+  document.addEventListener("dragleave", () => {
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (!dragDepth) document.body.classList.remove("dragging");
+  });
+  document.addEventListener("drop", (event) => {
+    dragDepth = 0;
+    document.body.classList.remove("dragging");
+    if (!event.dataTransfer || !event.dataTransfer.files.length) return;
     event.preventDefault();
     enqueue(Array.from(event.dataTransfer.files));
   });
 
-  refresh();
+  // --- selection: delete or move several photos ------------------------------------------------
+
+  const selected = new Set();
+  const bulkBar = document.getElementById("bulk-bar");
+  const selectButton = document.getElementById("select-button");
+  const countText = document.getElementById("selected-count");
+  const moveTarget = document.getElementById("move-target");
+  let albumsLoaded = false;
+
+  function setSelecting(on) {
+    root.classList.toggle("selecting", on);
+    selectButton.setAttribute("aria-pressed", String(on));
+    if (!on) {
+      selected.clear();
+      for (const box of grid.querySelectorAll(".select-photo:checked")) box.checked = false;
+    }
+    updateSelection();
+    if (on) loadAlbums();
+  }
+
+  function updateSelection() {
+    for (const card of grid.querySelectorAll(".photo-card.selected")) {
+      if (!selected.has(card.dataset.imageId)) card.classList.remove("selected");
+    }
+    for (const id of selected) {
+      const card = document.getElementById("photo-" + id);
+      if (card) card.classList.add("selected");
+    }
+    const n = selected.size;
+    countText.textContent = n === 1 ? countText.dataset.one : countText.dataset.many.replace("{n}", n);
+    bulkBar.hidden = !root.classList.contains("selecting") && n === 0;
+    for (const id of ["bulk-delete-button", "bulk-move-button"]) {
+      document.getElementById(id).disabled = n === 0;
+    }
+  }
+
+  async function loadAlbums() {
+    if (albumsLoaded) return;
+    albumsLoaded = true;
+    const answer = await imagerec.api(root.dataset.albumsUrl);
+    if (!answer.ok) return;
+    for (const album of answer.body.albums) {
+      if (String(album.id) === root.dataset.albumId) continue;
+      const option = document.createElement("option");
+      option.value = album.id;
+      option.textContent = album.name;
+      moveTarget.appendChild(option);
+    }
+  }
+
+  selectButton.addEventListener("click", () => setSelecting(!root.classList.contains("selecting")));
+  document.getElementById("bulk-cancel-button").addEventListener("click", () => {
+    setSelecting(false);
+    selectButton.focus();
+  });
+
+  grid.addEventListener("change", (event) => {
+    const box = event.target.closest(".select-photo");
+    if (!box) return;
+    const id = box.closest(".photo-card").dataset.imageId;
+    if (box.checked) selected.add(id);
+    else selected.delete(id);
+    if (box.checked && !root.classList.contains("selecting")) setSelecting(true);
+    updateSelection();
+  });
+
+  grid.addEventListener("click", (event) => {
+    const link = event.target.closest(".photo-link");
+    if (!link) return;
+    if (root.classList.contains("selecting")) {
+      // While selecting, a tile toggles instead of opening.
+      event.preventDefault();
+      const box = link.closest(".photo-card").querySelector(".select-photo");
+      box.checked = !box.checked;
+      box.dispatchEvent(new Event("change", { bubbles: true }));
+      return;
+    }
+    rememberContext(link.closest(".photo-card").dataset.imageId);
+  });
+
+  async function bulk(action, extra) {
+    const ids = Array.from(selected);
+    const answer = await imagerec.api(root.dataset.bulkUrl, {
+      method: "POST",
+      json: { action, ids, ...extra },
+    });
+    const body = answer.body || {};
+    const gone = body.deleted || body.moved || [];
+    for (const id of gone) {
+      const card = document.getElementById("photo-" + id);
+      if (card) imagerec.removeCard(card);
+      forget(id);
+    }
+    const errors = body.errors || [];
+    if (!answer.ok || errors.length) {
+      window.alert((errors[0] && errors[0].error) || body.error || "That did not work.");
+    }
+    render();
+    refreshAlbum();
+    return gone.length;
+  }
+
+  document.getElementById("bulk-delete-button").addEventListener("click", async () => {
+    if (!selected.size || !window.confirm(countText.textContent + ": delete them?")) return;
+    const n = await bulk("delete", {});
+    if (n) imagerec.announce(countText.dataset.many.replace("{n}", n) + ": deleted.");
+    setSelecting(false);
+  });
+
+  document.getElementById("bulk-move-button").addEventListener("click", async () => {
+    if (!selected.size) return;
+    if (!moveTarget.value) {
+      moveTarget.focus();
+      return;
+    }
+    const name = moveTarget.selectedOptions[0].textContent;
+    const n = await bulk("move", { albumId: Number(moveTarget.value) });
+    if (n) imagerec.announce(countText.dataset.many.replace("{n}", n) + ": moved to " + name + ".");
+    setSelecting(false);
+  });
+
+  document.addEventListener("imagerec:removed", (event) => {
+    forget(event.detail);
+    render();
+    refreshAlbum();
+  });
+  document.addEventListener("imagerec:changed", (event) => {
+    if (event.detail) {
+      images.set(event.detail.id, event.detail);
+      render();
+    }
+    schedule();
+  });
+
+  // --- the photo view's previous/next, and coming back to where one was ------------------------
+
+  const CONTEXT = "imagerec:album-context";
+
+  function rememberContext(id) {
+    const pages = order.map((x) => images.get(x).urls.page);
+    sessionStorage.setItem(
+      CONTEXT,
+      JSON.stringify({
+        back: window.location.pathname + window.location.search,
+        pages,
+        ids: order,
+        current: id,
+      })
+    );
+  }
+
+  // Back from a photo: the tile it was opened from (or moved to with previous/next) in view.
+  async function restorePosition() {
+    let context;
+    try {
+      context = JSON.parse(sessionStorage.getItem(CONTEXT) || "null");
+    } catch (error) {
+      context = null;
+    }
+    if (!context || context.back !== window.location.pathname + window.location.search) return;
+    for (let pages = 0; !images.has(context.current) && nextCursor && pages < 100; pages += 1) {
+      await loadPage(nextCursor);
+    }
+    const card = document.getElementById("photo-" + context.current);
+    if (card) {
+      card.scrollIntoView({ block: "center" });
+      card.querySelector(".photo-link").focus({ preventScroll: true });
+    }
+  }
+
+  document.getElementById("sort-select").addEventListener("change", (event) => {
+    event.target.form.requestSubmit();
+  });
+  document.getElementById("sort-button").hidden = true;
+
+  (async () => {
+    await loadPage(null);
+    performance.mark("gallery-ready"); // the first screen is in the page (tests read this)
+    refreshAlbum();
+    await restorePosition();
+    schedule();
+  })();
 })();
