@@ -28,7 +28,7 @@ test-setup: $(VENV)/bin/python
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
 	@test -f $(AXE) || npm install -s --no-audit --no-fund --prefix .cache/axe axe-core@$(AXE_VERSION)
 	sh tests/start-services.sh
-	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,test]'
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,bench,test]'
 	$(VENV)/bin/pip install -q -c requirements.lock --ignore-requires-python pykustomize==0.1.4
 
 lint:
@@ -39,4 +39,5 @@ test: test-setup lint
 	$(VENV)/bin/python -m pytest
 
 bench: setup
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,bench]'
 	$(VENV)/bin/python benchmarks/run.py

@@ -1,155 +1,156 @@
-"""Benchmarks for the workflow steps, each a ratio against a baseline measured in the same run
-(so the figures compare across machines), plus the measurement behind the detection threshold.
+"""`make bench`: the pipeline's cost against the limits it cannot beat, in one run.
 
-    .venv/bin/python benchmarks/run.py          (make bench)
+    .venv/bin/python benchmarks/run.py [--smoke] [--output test-artifacts/bench.json]
 
-Needs the shared offline detector (../shared/models) and test photos (../shared/testdata);
-IMAGEREC_SHARED points elsewhere. Not run in CI.
+Every speed figure is a ratio against a baseline measured in the same run (interleaved,
+medians), so figures taken on a busy or a different machine still compare; each has its
+target and says met or NOT MET. Prints a table and writes the same figures as JSON.
+`--smoke` runs every part once on a few photos (CI: tests/test_bench_smoke.py) so the
+benchmark cannot rot; its figures mean nothing.
+
+Needs the shared offline detector and test photos (../shared; IMAGEREC_SHARED points
+elsewhere) and, for the libvips baseline, the bench extra: pip install -e '.[bench]'.
 """
 
 from __future__ import annotations
 
-import io
-import json
+import argparse
 import os
-import statistics
+import platform
 import sys
+import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image
-
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("IMAGEREC_SHARED", ROOT.parent / "shared")).resolve()
-OBJECTS = SHARED / "testdata" / "images"
-MODEL = SHARED / "models" / "centernet-coco-tfhub-style"
-THUMBNAIL_SIZE = 256
-THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35)
-
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("IMAGEREC_DETECTOR_MODEL", str(MODEL))
 
-from functions import detect_objects  # noqa: E402  (after the model is configured)
+from benchmarks import photos  # noqa: E402
+from benchmarks.figures import Report  # noqa: E402
 
-
-def main() -> None:
-    photos = json.loads((OBJECTS / "MANIFEST.json").read_text())["objects"]
-    detector = cold_and_warm_inference(photos)
-    thumbnail_draft_versus_full_decode()
-    threshold_measurement(detector, photos)
-
-
-def cold_and_warm_inference(photos: list[dict]) -> detect_objects.Detector:
-    section("detect-objects: warm inference per image vs. the first (cold) inference")
-    tf, hub = detect_objects._import_tensorflow()
-    started = time.perf_counter()
-    detector = hub.load(str(MODEL)).signatures["default"]
-    load = time.perf_counter() - started
-    images = {p["file"]: decode(p["file"]) for p in photos}
-    first = images[photos[0]["file"]]
-    cold = timed(lambda: detect_objects.detect(detector, first, 0.0))
-    print(
-        f"  model load: {load * 1000:.0f} ms; cold inference ({photos[0]['file']}): "
-        f"{cold * 1000:.0f} ms = baseline 1.00"
-    )
-    warmed = detect_objects.load_detector(str(MODEL))  # as the step loads it: warmed up
-    after_warm_up = timed(lambda: detect_objects.detect(warmed, first, 0.0))
-    print(
-        f"  first request after the step's warm-up: {after_warm_up * 1000:.0f} ms   "
-        f"ratio {after_warm_up / cold:5.3f}"
-    )
-    for name, image in images.items():
-        warm = median_time(lambda image=image: detect_objects.detect(detector, image, 0.0), 10)
-        size = "x".join(map(str, image.size))
-        print(f"  {name:22} {size:>9}  warm {warm * 1000:6.1f} ms  ratio {warm / cold:5.3f}")
-    return detector
-
-
-def thumbnail_draft_versus_full_decode() -> None:
-    section("make-thumbnail: JPEG draft() decoding vs. a full decode, large photo")
-    with Image.open(OBJECTS / "objects" / "kite.jpg") as photo:
-        big = photo.convert("RGB").resize((photo.width * 4, photo.height * 4), Image.BICUBIC)
-    out = io.BytesIO()
-    big.save(out, "JPEG", quality=90)
-    original = out.getvalue()
-    print(
-        f"  original: {big.width}x{big.height} JPEG, {len(original) / 2**20:.1f} MiB "
-        f"(objects/kite.jpg upscaled 4x in memory)"
-    )
-
-    def full() -> Image.Image:
-        with Image.open(io.BytesIO(original)) as image:
-            image.load()  # thumbnail() alone would draft() by itself
-            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
-            return image
-
-    def draft() -> Image.Image:
-        with Image.open(io.BytesIO(original)) as image:
-            image.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
-            return image
-
-    baseline = median_time(full, 9)
-    drafted = median_time(draft, 9)
-    print(f"  full decode: {baseline * 1000:7.1f} ms = baseline 1.00")
-    print(f"  draft():     {drafted * 1000:7.1f} ms   ratio {drafted / baseline:5.3f}")
-    detect_side = median_time(lambda: detect_objects._decode(original), 9)
-    print(
-        f"  detect-objects' decode (draft to >= {detect_objects.MAX_SIDE} px): "
-        f"{detect_side * 1000:7.1f} ms   ratio {detect_side / baseline:5.3f}"
-    )
-
-
-def threshold_measurement(detector: detect_objects.Detector, photos: list[dict]) -> None:
-    section("detection threshold: best score of each prominent object vs. the best false label")
-    lowest_true, false_scores, lost_at = 1.0, [], {t: [] for t in THRESHOLDS}
-    for photo in photos:
-        detections = detect_objects.detect(detector, decode(photo["file"]), 0.0)
-        best = {x["label"].lower(): x["score"] for x in detect_objects.best_per_label(detections)}
-        present = set()
-        prominent = []
-        for thing in photo["visible_objects"]:
-            names = {thing["coco"].lower(), thing["openimages"].lower()}
-            present |= names
-            if thing["prominent"]:
-                score = max(best.get(name, 0.0) for name in names)
-                prominent.append((thing["coco"], score))
-                lowest_true = min(lowest_true, score)
-                for t in THRESHOLDS:
-                    if score < t:
-                        lost_at[t].append(f"{photo['file']}:{thing['coco']}")
-        false = sorted(((s, n) for n, s in best.items() if n not in present), reverse=True)
-        false_scores += [(s, n, photo["file"]) for s, n in false]
-        objects = ", ".join(f"{name} {score:.3f}" for name, score in prominent)
-        worst = ", ".join(f"{n} {s:.3f}" for s, n in false[:2]) or "none"
-        print(f"  {photo['file']:22} prominent: {objects:40} best false: {worst}")
-    print(f"  weakest prominent object: {lowest_true:.3f}")
-    for t in THRESHOLDS:
-        above = [f"{n}@{f.split('/')[-1]}" for s, n, f in false_scores if s >= t]
-        print(
-            f"  threshold {t:.2f}: prominent objects lost {len(lost_at[t])} "
-            f"{lost_at[t] or ''}; false labels kept {len(above)} {above}"
+DEFAULT_OUTPUT = ROOT / "test-artifacts" / "bench.json"
+# Every figure a run reports, smoke or not (the smoke test checks them all).
+FIGURE_KEYS = (
+    "labels.prominent_objects_lost",
+    "labels.false_labels_kept",
+    "thumbnail.vs_libvips.worst",
+    "thumbnail.vs_naive_pillow.worst",
+    "metadata.vs_bare.worst",
+    "detect.vs_bare_model.worst",
+    *(
+        f"cold_start.{s}.{kind}"
+        for s in ("extract_metadata", "make_thumbnail", "store_results", "record_failure", "web")
+        for kind in ("seconds", "vs_bare")
+    ),
+    "cold_start.detect_objects.vs_bare",
+    "e2e.throughput",
+    "e2e.throughput.vs_cpu_bound",
+    "e2e.latency.p50",
+    "e2e.latency.p95",
+    "e2e.latency.max",
+    "e2e.errors",
+    "e2e.cpu_per_photo.vs_bare_model",
+    *(
+        f"e2e.cpu_share.{part}"
+        for part in (
+            "runner (imagerec dev)",
+            "web",
+            "extract-metadata",
+            "make-thumbnail",
+            "detect-objects",
+            "store-results",
+            "record-failure",
         )
+    ),
+    *(
+        f"peak_rss.{part}"
+        for part in (
+            "runner (imagerec dev)",
+            "web",
+            "extract-metadata",
+            "make-thumbnail",
+            "detect-objects",
+            "store-results",
+            "record-failure",
+        )
+    ),
+    "cost.cpu_seconds_per_1000_photos",
+    "cost.vs_rekognition",
+)
 
 
-def decode(file: str) -> Image.Image:
-    return detect_objects._decode((OBJECTS / file).read_bytes())
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="every part once, in seconds")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--uploads", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.uploads, args.clients = 4, 2
+    started = time.monotonic()
+    report = run(args.smoke, args.uploads, args.clients)
+    print()
+    print(report.table())
+    meta = {
+        "smoke": args.smoke,
+        "seconds": round(time.monotonic() - started, 1),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "uploads": args.uploads,
+        "clients": args.clients,
+        "load_average": os.getloadavg(),
+    }
+    report.write_json(args.output, meta)
+    print(f"\nfigures written to {args.output} ({meta['seconds']} s)")
+    return 0
 
 
-def timed(work: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    work()
-    return time.perf_counter() - started
+def run(smoke: bool, uploads: int, clients: int) -> Report:
+    # The steps read their settings from the environment once: point them at scratch space.
+    os.environ.setdefault("IMAGEREC_DATA_DIR", tempfile.mkdtemp(prefix="imagerec-bench-"))
+    os.environ.setdefault("IMAGEREC_DETECTOR_MODEL", str(photos.MODEL))
+    from benchmarks import end_to_end, services, steps, threshold
+
+    report = Report()
+    names = photos.step_photos(smoke)
+    repeat = 1 if smoke else 7
+    _section("threshold table")
+    threshold.threshold_table(report, smoke)
+    threshold.print_table(report)
+    _section("make-thumbnail vs libvips and naive Pillow")
+    steps.thumbnail(report, names, repeat)
+    _section("extract-metadata vs exifread + a 1/8-scale decode")
+    steps.metadata(report, names, repeat)
+    _section("detect-objects warm vs the bare model call")
+    bare_model_cpu = steps.detection(report, names, 1 if smoke else 5)
+    _section("cold starts")
+    services.cold_starts(report, 1 if smoke else 3)
+    _section(f"end to end: {uploads} uploads from {clients} clients on imagerec dev")
+    end_to_end.end_to_end(report, uploads, clients, bare_model_cpu)
+    _album_scale(report, smoke)
+    return report
 
 
-def median_time(work: Callable[[], object], repeat: int) -> float:
-    return statistics.median(timed(work) for _ in range(repeat))
+def _album_scale(report: Report, smoke: bool) -> None:
+    """The 10,000-photo album figures, where benchmarks/album_scale.py provides them."""
+    try:
+        from benchmarks.album_scale import album_scale_figures
+    except ImportError:
+        return
+    _section("album at scale")
+    for figure in album_scale_figures(smoke=smoke):
+        report.add(figure)
 
 
-def section(title: str) -> None:
-    print(f"\n{title}")
+_clock = [time.monotonic()]
+
+
+def _section(title: str) -> None:
+    now = time.monotonic()
+    print(f"--- {title}   (+{now - _clock[0]:.0f} s)", flush=True)
+    _clock[0] = now
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,16 +20,16 @@ from typing import Any
 
 import functions_framework
 import numpy as np
-import pillow_heif
 from cloudevents.http import CloudEvent
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imagerec.events import LABELLED, THUMBNAILED, BadEvent, event_data, new_event
+from imagerec.formats import register_heif_opener
 from imagerec.pixels import displayable
 from imagerec.steps import Refused, Unavailable, blob_store, cloudevent_step, settings
 
 log = logging.getLogger("imagerec.detect_objects")
-pillow_heif.register_heif_opener()
+register_heif_opener()
 
 SOURCE = "/functions/detect-objects"
 # The detector letterboxes to 512x512 itself, so more pixels only cost decoding time; but

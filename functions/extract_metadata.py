@@ -22,13 +22,12 @@ from typing import Any
 
 import exifread
 import functions_framework
-import pillow_heif
 from cloudevents.http import CloudEvent
 from PIL import Image
 
 from imagerec import models
 from imagerec.events import ACCEPTED, REJECTED, UPLOADED, BadEvent, event_data, new_event
-from imagerec.formats import sniff_format
+from imagerec.formats import FORMATS, register_heif_opener, sniff_format
 from imagerec.images import duplicate_reason, register_upload, same_photo_in_album
 from imagerec.states import FINAL, advance
 from imagerec.steps import blob_store, cloudevent_step, db_session, settings
@@ -36,12 +35,11 @@ from imagerec.steps import blob_store, cloudevent_step, db_session, settings
 SOURCE = "/functions/extract-metadata"
 log = logging.getLogger("imagerec.extract_metadata")
 
-pillow_heif.register_heif_opener()
+register_heif_opener()
 # Both EXIF readers complain about every odd tag; in uploads that is normal, and handled below.
 logging.getLogger("exifread").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", category=UserWarning, module="PIL.TiffImagePlugin")
 
-_FORMAT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "HEIF": "HEIC/HEIF"}
 _UPLOAD_INSTEAD = "please upload a JPEG, PNG, WebP or HEIC photo instead"
 # Formats people try to upload, by signature, so a refusal can say what the file is.
 _OTHER_SIGNATURES = (
@@ -118,7 +116,7 @@ def _decode(original: bytes) -> tuple[str, Image.Image]:
     kind = sniff_format(original[:32])
     if kind is None:
         raise _Unacceptable(_unsupported(original))
-    name = _FORMAT_NAMES[kind]
+    name = FORMATS[kind].label
     if kind == "HEIF" and not _boxes_complete(original):
         raise _Unacceptable(f"The {name} image is truncated or damaged and cannot be decoded.")
     try:

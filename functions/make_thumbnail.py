@@ -14,12 +14,12 @@ import io
 import logging
 
 import functions_framework
-import pillow_heif
 from cloudevents.http import CloudEvent
 from PIL import Image, ImageOps
 
 from imagerec.blobstore import thumbnail_key
 from imagerec.events import ACCEPTED, THUMBNAILED, BadEvent, event_data, new_event
+from imagerec.formats import register_heif_opener
 from imagerec.images import stored_image
 from imagerec.pixels import displayable
 from imagerec.steps import Refused, blob_store, cloudevent_step, db_session, settings
@@ -27,7 +27,7 @@ from imagerec.steps import Refused, blob_store, cloudevent_step, db_session, set
 SOURCE = "/functions/make-thumbnail"
 log = logging.getLogger("imagerec.make_thumbnail")
 
-pillow_heif.register_heif_opener()
+register_heif_opener()
 
 
 @functions_framework.http

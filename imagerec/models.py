@@ -10,11 +10,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    func,
+    literal_column,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -137,6 +140,20 @@ class Image(Base):
         for d in self.detections:
             best[d.label] = max(best.get(d.label, 0.0), d.score)
         return [{"label": k, "score": v} for k, v in sorted(best.items(), key=lambda kv: -kv[1])]
+
+
+# What "sort by date taken" orders by: EXIF's local time as text, which sorts as time does;
+# photos without one sort as "" (last, newest first). A literal, not a bound parameter, so the
+# database matches it to the index below.
+TAKEN_KEY = func.coalesce(Image.creation_time, literal_column("''"))
+
+# Keyset pagination of an album (or of all the user's photos) in either order, and what
+# changed in an album since a moment: each an index range scan, however large the album.
+Index("ix_images_album_id_created_at", Image.album_id, Image.created_at, Image.id)
+Index("ix_images_album_id_taken", Image.album_id, TAKEN_KEY, Image.id)
+Index("ix_images_user_id_created_at", Image.user_id, Image.created_at, Image.id)
+Index("ix_images_user_id_taken", Image.user_id, TAKEN_KEY, Image.id)
+Index("ix_images_album_id_updated_at", Image.album_id, Image.updated_at)
 
 
 class Detection(Base):

@@ -107,7 +107,6 @@ def test_a_duplicate_stays_a_duplicate_while_the_album_polls(
     shot(page, "gallery-duplicate")
 
 
-@pytest.mark.xfail(strict=True, reason="gunicorn refuses the raw name until RFC 6266 filename*")
 @pytest.mark.parametrize("name", ["犬の写真.jpg", "Собака.jpg", "dog 🐶.jpg"])
 def test_a_photo_named_outside_latin_1_shows_and_downloads(
     page: Page, web: WebOnly, tmp_path: Path, name: str

@@ -164,7 +164,6 @@ def deliveries(built: list[dict[str, Any]]) -> dict[str, dict | None]:
 def test_build_holds_every_fixed_object(built: list[dict[str, Any]]) -> None:
     present = {(o["kind"], o["metadata"]["name"]) for o in built}
     expected = {
-        ("Namespace", NAMESPACE),
         ("Broker", "default"),
         ("Sequence", "process-image"),
         ("SinkBinding", "web"),
@@ -173,13 +172,23 @@ def test_build_holds_every_fixed_object(built: list[dict[str, Any]]) -> None:
         ("Job", "migrate"),
         ("CronJob", "reconcile"),
         ("SinkBinding", "reconcile"),
+        ("PodDisruptionBudget", "postgres"),
+        ("PodDisruptionBudget", "redis"),
         *(("Trigger", name) for name in TRIGGERS),
+        *(("InMemoryChannel", f"process-image-kn-sequence-{i}") for i in range(3)),
     }
     assert expected <= present
+    # The namespace is applied once, outside the build (test_namespace_outlives_the_build).
+    assert "Namespace" not in {kind for kind, _ in present}
     assert set(knative_services(built)) == {"web", *STEPS}
     for o in built:
         if o["kind"] != "Namespace":
             assert o["metadata"]["namespace"] == NAMESPACE, f"{o['kind']} {o['metadata']['name']}"
+
+
+def namespace_manifest() -> dict:
+    """knative/namespace.yaml: applied once, outside the kustomize build."""
+    return yaml.safe_load((KNATIVE / "namespace.yaml").read_text())
 
 
 # --- schemas ----------------------------------------------------------------------------------
@@ -367,9 +376,10 @@ def test_closed_eventing_schemas_keep_every_field_of_the_go_types(
 
 
 def test_builtin_objects_validate_strictly(built: list[dict[str, Any]]) -> None:
-    builtin = [o for o in built if not is_knative(o)]
+    builtin = [o for o in built if not is_knative(o)] + [namespace_manifest()]
     assert {o["kind"] for o in builtin} >= {
         "Namespace",
+        "PodDisruptionBudget",
         "Secret",
         "Service",
         "StatefulSet",
@@ -462,7 +472,7 @@ def test_every_destination_names_an_object_that_exists(built: list[dict[str, Any
     for o in built:
         if not is_knative(o):
             continue
-        for path, node in walk(o["spec"]):
+        for path, node in walk(o.get("spec", {})):
             if path.endswith(("/ref", "/subject")) and isinstance(node, dict):
                 refs.append((f"{o['kind']} {o['metadata']['name']}{path}", node))
     assert len(refs) >= len(TRIGGERS) * 2 + len(SEQUENCE_STEPS) * 2 + 4
@@ -488,6 +498,100 @@ def test_every_hop_retries_with_backoff_then_dead_letters(built: list[dict[str, 
         assert delivery.get("deadLetterSink", {}).get("ref") == DEAD_LETTER_SINK, hop
         if "timeout" in delivery:
             assert ISO_DURATION.match(delivery["timeout"]), hop
+
+
+SECONDS = {"S": 1, "M": 60, "H": 3600}
+
+
+def iso_seconds(duration: str) -> float:
+    assert ISO_DURATION.match(duration), duration
+    return sum(
+        float(number) * SECONDS[unit]
+        for number, unit in re.findall(r"(\d+(?:\.\d+)?)([HMS])", duration.split("T", 1)[1])
+    )
+
+
+def subscriber_timeouts(built: list[dict[str, Any]]) -> dict[str, tuple[str, float]]:
+    """Every hop -> (what it calls, how long that may take to answer, in seconds)."""
+    services = knative_services(built)
+
+    def answers_within(ref: dict) -> tuple[str, float]:
+        if ref["kind"] == "Service":
+            return ref["name"], services[ref["name"]]["spec"]["template"]["spec"]["timeoutSeconds"]
+        return f"{ref['kind']} {ref['name']}", 0.0  # a channel: answers once it holds the event
+
+    found = {}
+    for trigger in objects(built, "Trigger"):
+        found[f"Trigger {trigger['metadata']['name']}"] = answers_within(
+            trigger["spec"]["subscriber"]["ref"]
+        )
+    for sequence in objects(built, "Sequence"):
+        for i, step in enumerate(sequence["spec"]["steps"]):
+            found[f"Sequence {sequence['metadata']['name']} step {i}"] = answers_within(step["ref"])
+    # The Broker's delivery serves Triggers made without one (kn): they call 60 s steps.
+    slowest_trigger_service = max(
+        seconds for hop, (_, seconds) in found.items() if hop.startswith("Trigger")
+    )
+    found["Broker default"] = ("Triggers without a delivery", slowest_trigger_service)
+    return found
+
+
+def test_every_hop_has_a_timeout_that_fits_its_subscriber(built: list[dict[str, Any]]) -> None:
+    # Serving answers 504 once timeoutSeconds have passed, cold start included (the activator's
+    # timeout handler wraps its queue): a delivery timeout just above it lets that answer, not
+    # the dispatcher giving up on a request still running, decide the retry.
+    hops = deliveries(built)
+    expected = subscriber_timeouts(built)
+    assert set(hops) == set(expected)
+    for hop, delivery in hops.items():
+        calls, answers_within = expected[hop]
+        assert "timeout" in delivery, f"{hop}: no delivery.timeout"
+        timeout = iso_seconds(delivery["timeout"])
+        if answers_within:
+            assert answers_within < timeout <= answers_within + 30, (hop, calls, timeout)
+        else:  # an asynchronous channel answers 202 at once
+            assert 0 < timeout <= 60, (hop, calls, timeout)
+
+
+def test_delivery_is_asynchronous_on_every_channel(built: list[dict[str, Any]]) -> None:
+    # The Broker copies messaging.knative.dev/* annotations onto its channel; a Sequence cannot
+    # annotate its own, so they are declared under the names it looks up and adopts.
+    async_handler = "messaging.knative.dev/async-handler"
+    broker = one(built, "Broker", "default")
+    assert broker["metadata"]["annotations"][async_handler] == "true"
+    for sequence in objects(built, "Sequence"):
+        template = sequence["spec"]["channelTemplate"]
+        name = sequence["metadata"]["name"]
+        declared = {
+            c["metadata"]["name"]: c
+            for c in objects(built, template["kind"], template["apiVersion"])
+            if c["metadata"]["name"].startswith(f"{name}-kn-sequence-")
+        }
+        wanted = [f"{name}-kn-sequence-{i}" for i in range(len(sequence["spec"]["steps"]))]
+        assert sorted(declared) == wanted
+        for channel in declared.values():
+            assert channel["metadata"]["annotations"] == {async_handler: "true"}
+            assert not channel.get("spec"), "the Sequence's subscriptions fill in the spec"
+
+
+def test_async_annotation_is_what_the_imc_dispatcher_reads() -> None:
+    # A misspelt annotation is silently ignored (synchronous again): pin the exact key and value
+    # the dispatcher parses (strconv.ParseBool), in the raw files the local runner reads too.
+    raw = [
+        doc
+        for name in ("eventing.yaml", "sequence.yaml")
+        for doc in yaml.safe_load_all((KNATIVE / name).read_text())
+        if doc
+    ]
+    annotated = {
+        (doc["kind"], doc["metadata"]["name"]): doc["metadata"].get("annotations", {})
+        for doc in raw
+        if doc["kind"] in ("Broker", "InMemoryChannel")
+    }
+    assert len(annotated) == 4
+    for where, notes in annotated.items():
+        messaging = {k: v for k, v in notes.items() if k.startswith("messaging.")}
+        assert messaging == {"messaging.knative.dev/async-handler": "true"}, where
 
 
 def produced_at_broker(built: list[dict[str, Any]]) -> dict[str, set[str]]:

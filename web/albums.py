@@ -10,7 +10,7 @@ from werkzeug.exceptions import BadRequest, Conflict, HTTPException
 from web import actions, queries
 from web.auth import login_required
 from web.errors import Duplicate
-from web.present import STATUS_TEXT, album_json, image_json
+from web.present import SORTS, STATUS_TEXT, album_json, image_json
 
 bp = Blueprint("albums", __name__)
 
@@ -78,11 +78,15 @@ def album(album_id: int):
     # Matching is case-insensitive: show the label as the detector spells it (`dog` -> Dog).
     asked = (request.args.get("label") or "").strip()
     label = next((x["label"] for x in labels if x["label"].lower() == asked.lower()), asked)
-    images = queries.list_images(album, label or None)
+    # The first page only: the page's script fetches the rest as it scrolls (nextCursor).
+    sort = request.args.get("sort") if request.args.get("sort") in SORTS else "uploaded"
+    images, next_cursor = queries.list_images(album, queries.Page(sort=sort, label=label or None))
     return render_template(
         "albums/album.html",
         album=album,
-        images=[image_json(i) for i in images],
+        images=[image_json(i, sort) for i in images],
+        sort=sort,
+        next_cursor=next_cursor,
         labels=labels,
         label=label or None,
         max_upload_bytes=current_app.config["MAX_UPLOAD_BYTES"],
@@ -94,11 +98,14 @@ def album(album_id: int):
 def search():
     """Photos across every album of the user that show a label."""
     label = (request.args.get("label") or "").strip()
-    images = queries.list_images(None, label) if label else []
+    images, next_cursor = (
+        queries.list_images(None, queries.Page(label=label)) if label else ([], None)
+    )
     return render_template(
         "albums/search.html",
         label=label,
         images=[image_json(i) for i in images],
+        next_cursor=next_cursor,
         labels=queries.labels_in(None),
     )
 

@@ -46,11 +46,23 @@ def _album_id(body: dict[str, Any]) -> int:
     return value
 
 
-def _sort() -> str:
-    sort = request.args.get("sort", "uploaded")
+def _page() -> queries.Page:
+    """The listing parameters: sort, order, limit, cursor and label (web/API.md)."""
+    args = request.args
+    sort, order = args.get("sort", "uploaded"), args.get("order", "desc")
     if sort not in SORTS:
         raise BadRequest(f"sort is one of {', '.join(SORTS)}.")
-    return sort
+    if order not in ("desc", "asc"):
+        raise BadRequest("order is desc or asc.")
+    limit = args.get("limit", str(queries.DEFAULT_PAGE))
+    if not (limit.isdigit() and 1 <= int(limit) <= queries.MAX_PAGE):
+        raise BadRequest(f"limit is a whole number from 1 to {queries.MAX_PAGE}.")
+    return queries.Page(sort, order, int(limit), args.get("cursor") or None, args.get("label"))
+
+
+def _images_json(album, page: queries.Page) -> dict[str, Any]:
+    images, next_cursor = queries.list_images(album, page)
+    return {"images": [image_json(i, page.sort) for i in images], "nextCursor": next_cursor}
 
 
 def _user_json() -> dict[str, Any] | None:
@@ -134,10 +146,7 @@ def delete_album(album_id: int):
 @bp.get("/albums/<int:album_id>/images")
 @login_required
 def list_images(album_id: int):
-    album = queries.get_album(album_id)
-    sort = _sort()
-    images = queries.list_images(album, request.args.get("label") or None)
-    return {"images": [image_json(i, sort) for i in images]}
+    return _images_json(queries.get_album(album_id), _page())
 
 
 @bp.post("/albums/<int:album_id>/images")
@@ -173,10 +182,8 @@ def upload_images(album_id: int):
 @bp.get("/images")
 @login_required
 def search_images():
-    """Photos across all the user's albums, newest first; `label` narrows them."""
-    sort = _sort()
-    images = queries.list_images(None, request.args.get("label") or None)
-    return {"images": [image_json(i, sort) for i in images]}
+    """Photos across all the user's albums, a page at a time; `label` narrows them."""
+    return _images_json(None, _page())
 
 
 @bp.get("/labels")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import logging
+import unicodedata
+from urllib.parse import quote
 
 from flask import (
     Blueprint,
@@ -22,7 +24,7 @@ from flask import (
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
 
 from imagerec.blobstore import BlobNotFound, BlobStoreUnavailable
-from imagerec.formats import sniff_format
+from imagerec.formats import FORMATS, register_heif_opener, sniff_format
 from web import actions, queries
 from web.auth import login_required
 from web.db import get_blobs
@@ -31,9 +33,6 @@ from web.present import image_json
 bp = Blueprint("photos", __name__, url_prefix="/photos")
 log = logging.getLogger("imagerec.web")
 
-MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "HEIF": "image/heic"}
-# What every browser shows in an <img>; HEIF is converted to JPEG for display.
-BROWSER_FORMATS = {"JPEG", "PNG", "WEBP"}
 DISPLAY_SIDE = 2048
 
 
@@ -96,7 +95,7 @@ def display(image_id: str):
     image = queries.get_image(image_id)
     data = _read(image.blob_key)
     kind = sniff_format(data[:32])
-    if kind in BROWSER_FORMATS:
+    if kind and FORMATS[kind].browsers_show:
         return _blob_response(data, kind, image.file_name)
     if kind == "HEIF" and image.status != "rejected":
         try:
@@ -117,22 +116,57 @@ def _read(key: str) -> bytes:
 
 
 def _blob_response(data: bytes, kind: str | None, file_name: str) -> Response:
-    response = Response(data, mimetype=MIME_TYPES.get(kind or "", "application/octet-stream"))
-    disposition = "inline" if kind in MIME_TYPES else "attachment"
-    safe_name = "".join(c for c in file_name if c.isprintable()) or "photo"
-    response.headers.set("Content-Disposition", disposition, filename=safe_name)
+    known = FORMATS.get(kind or "")
+    response = Response(data, mimetype=known.mime_type if known else "application/octet-stream")
+    response.headers["Content-Disposition"] = content_disposition(
+        "inline" if known else "attachment", file_name
+    )
     response.headers["Cache-Control"] = "private, max-age=300"
     # Images never need to run anything, even when opened on their own.
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
 
 
+def content_disposition(disposition: str, file_name: str) -> str:
+    """RFC 6266: an ASCII `filename` for old clients, and the real name as `filename*`.
+
+    HTTP header values are Latin-1 at most (gunicorn refuses anything else), so a name in
+    Japanese, Cyrillic or with an emoji travels percent-encoded as UTF-8 (RFC 8187).
+    """
+    name = "".join(c for c in file_name if c.isprintable()) or "photo"
+    fallback = _ascii_name(name)
+    header = f'{disposition}; filename="{fallback}"'
+    if fallback != name:
+        header += f"; filename*=UTF-8''{quote(name, safe=_ATTR_CHARS)}"
+    return header
+
+
+# RFC 8187 attr-char, less the percent sign: everything else is percent-encoded.
+_ATTR_CHARS = "!#$&+-.^_`|~"
+
+
+def _ascii_name(name: str) -> str:
+    """The name with accents dropped and any other character outside printable ASCII (or a
+    quote or backslash, which would end the quoted string) as "_"; "photo" if nothing is left."""
+    chars = "".join(_ascii_char(c) for c in name)
+    stem, dot, extension = chars.rpartition(".")
+    if not dot:
+        stem, extension = chars, ""
+    if not any(c.isalnum() for c in stem):
+        stem = "photo"
+    return f"{stem}{dot}{extension}"
+
+
+def _ascii_char(c: str) -> str:
+    plain = unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode()
+    return "".join(p if " " <= p <= "~" and p not in '"\\' else "_" for p in plain) or "_"
+
+
 def _heif_as_jpeg(data: bytes, max_pixels: int) -> bytes:
-    import pillow_heif
     from PIL import Image as PILImage
     from PIL import ImageOps
 
-    pillow_heif.register_heif_opener()
+    register_heif_opener()
     with PILImage.open(io.BytesIO(data)) as picture:
         # The pipeline may not have judged it yet: refuse bombs before decoding.
         if picture.width * picture.height > max_pixels:

@@ -7,20 +7,26 @@ missing one look the same, so ids leak nothing.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app, g
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, Select, case, func, literal, select, tuple_
 from sqlalchemy.orm import selectinload
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import BadRequest, NotFound
 
-from imagerec.models import Album, Detection, Image, Status
+from imagerec.models import TAKEN_KEY, Album, Detection, Image, Status
 from web.db import aware, get_session
 
 MAX_ROW_ID = 2**31 - 1  # an INTEGER key; anything larger cannot name a row
 IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # as the uploaded event's schema
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
 
 
 def get_album(album_id: int) -> Album:
@@ -106,21 +112,76 @@ def cover_of(album: Album) -> str | None:
     )
 
 
-def list_images(album: Album | None, label: str | None = None) -> list[Image]:
-    """The photos of one album (or of all the user's albums), newest first, maybe by label."""
+@dataclass(frozen=True)
+class Page:
+    """Which photos to list: in what order, how many, from where (`cursor`), with what label."""
+
+    sort: str = "uploaded"  # or "taken"
+    order: str = "desc"  # or "asc"
+    limit: int = DEFAULT_PAGE
+    cursor: str | None = None
+    label: str | None = None
+
+
+def list_images(album: Album | None, page: Page = Page()) -> tuple[list[Image], str | None]:
+    """One page of the photos of an album (or of all the user's albums), and the cursor of
+    the next page (None after the last)."""
+    query = page_query(
+        Image.album_id == album.id if album is not None else Image.user_id == g.user.id, page
+    )
+    images = list(get_session().scalars(query.options(selectinload(Image.detections))))
+    if len(images) <= page.limit:
+        return images, None
+    images = images[: page.limit]
+    return images, encode_cursor(page, images[-1])
+
+
+def page_query(owner: ColumnElement[bool], page: Page) -> Select[tuple[Image]]:
+    """Keyset pagination: each page starts after the last row of the one before, so a page
+    deep in a large album costs what the first does (an index range scan; see
+    imagerec/models.py), and rows added meanwhile neither repeat nor vanish."""
+    key = TAKEN_KEY if page.sort == "taken" else Image.created_at
+    descending = page.order == "desc"
     query = (
         select(Image)
-        .where(Image.user_id == g.user.id)
-        .options(selectinload(Image.detections))
-        .order_by(Image.created_at.desc(), Image.id)
+        .where(owner)
+        .order_by(*((key.desc(), Image.id.desc()) if descending else (key, Image.id)))
+        .limit(page.limit + 1)
     )
-    if album is not None:
-        query = query.where(Image.album_id == album.id)
-    label = printable(label or "").strip()[:128]
+    if page.cursor is not None:
+        after_key, after_id = decode_cursor(page)
+        after = tuple_(key, Image.id)
+        bound = tuple_(literal(after_key, key.type), literal(after_id))
+        query = query.where(after < bound if descending else after > bound)
+    label = printable(page.label or "").strip()[:128]
     if label:
         labelled = select(Detection.image_id).where(func.lower(Detection.label) == label.lower())
         query = query.where(Image.id.in_(labelled))
-    return list(get_session().scalars(query))
+    return query
+
+
+def encode_cursor(page: Page, last: Image) -> str:
+    key = (last.creation_time or "") if page.sort == "taken" else aware(last.created_at).isoformat()
+    raw = json.dumps([page.sort, page.order, key, last.id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(page: Page) -> tuple[str | datetime, str]:
+    """The sort key and id a cursor continues after; 400 if it is not one of ours, or was made
+    for another order."""
+    try:
+        cursor = page.cursor or ""
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        sort, order, key, image_id = json.loads(raw)
+        if not (isinstance(key, str) and isinstance(image_id, str)):
+            raise ValueError
+        if sort == "uploaded":
+            key = aware(datetime.fromisoformat(key))
+    except (ValueError, TypeError, binascii.Error):
+        raise BadRequest("The cursor is not one this service gave out.") from None
+    if (sort, order) != (page.sort, page.order):
+        raise BadRequest("The cursor belongs to another sort order; start from the first page.")
+    return key, image_id
 
 
 def labels_in(album: Album | None) -> list[dict[str, Any]]:
