@@ -609,3 +609,104 @@ def test_the_whole_flow_works_from_the_keyboard(page: Page, web: WebOnly) -> Non
     page.keyboard.press("Enter")
     expect(tiles(page)).to_have_count(1)
     expect(page.locator(f"#photo-{second}")).to_have_count(0)
+
+
+# --- scale and liveness ------------------------------------------------------------------------
+
+
+def test_sorting_by_date_taken_groups_photos_under_day_headings(page: Page, web: WebOnly) -> None:
+    user = sign_up(page, web)
+    create_album(page, "Trip")
+    for name, taken in (
+        ("late.jpg", "2024-05-03T18:00:00"),
+        ("early.jpg", "2024-05-01T08:00:00"),
+        ("noon.jpg", "2024-05-03T12:00:00"),
+        ("unknown.jpg", None),
+    ):
+        web.add_photo(user, "Trip", name, taken=taken)
+    page.reload()
+    gallery_ready(page)
+    page.select_option("#sort-select", "taken")
+    expect(page).to_have_url(re.compile(r"sort=taken"))
+    gallery_ready(page)
+    headings = page.locator("#photo-grid .day-heading")
+    expect(headings).to_have_count(3)
+    texts = headings.all_inner_texts()
+    assert "3" in texts[0] and "May 2024" in texts[0], texts
+    assert "1" in texts[1] and "May 2024" in texts[1], texts
+    names = [t.locator(".file-name").inner_text() for t in tiles(page).all()]
+    assert names[:3] == ["late.jpg", "noon.jpg", "early.jpg"], names
+    assert names[3] == "unknown.jpg"
+    expect(page.locator("#sort-select")).to_have_value("taken")
+    shot(page, "gallery-sorted-by-taken")
+
+
+def test_a_long_album_loads_more_as_it_scrolls(page: Page, web: WebOnly) -> None:
+    user = sign_up(page, web)
+    create_album(page, "Long")
+    web.add_many(user, "Long", 300)
+    page.reload()
+    gallery_ready(page)
+    first = tiles(page).count()
+    assert 0 < first < 300
+    expect(page.locator("#load-more")).to_be_visible()
+    for _ in range(10):
+        page.keyboard.press("End")
+        page.wait_for_timeout(300)
+        if tiles(page).count() == 300:
+            break
+    expect(tiles(page)).to_have_count(300)
+    expect(page.locator("#load-more")).to_be_hidden()
+    ids = page.evaluate("[...document.querySelectorAll('#photo-grid .photo-card')].map(c => c.id)")
+    assert len(set(ids)) == 300
+
+
+def test_an_album_polls_only_while_something_is_in_flight(page: Page, web: WebOnly) -> None:
+    user = sign_up(page, web)
+    create_album(page, "Quiet")
+    web.add_photo(user, "Quiet", "still.jpg")
+    calls: list[str] = []
+    page.on("request", lambda r: calls.append(r.url) if "/api/" in r.url else None)
+    page.reload()
+    gallery_ready(page)
+    page.wait_for_timeout(1000)
+    loaded = len(calls)
+    page.wait_for_timeout(5000)
+    assert len(calls) == loaded, calls[loaded:]  # all is done: nothing to watch
+
+    busy = web.add_photo(user, "Quiet", "busy.jpg", Status.PROCESSING)
+    page.reload()
+    gallery_ready(page)
+    expect(page.locator("#album")).to_have_attribute("data-polls", "2", timeout=15_000)
+    set_status(web, busy, Status.DONE)
+    expect(tile(page, "busy.jpg")).to_have_attribute("data-status", "done", timeout=15_000)
+    expect(page.locator("#album-summary")).to_contain_text("2 photos")
+    page.wait_for_timeout(1000)
+    settled = len(calls)
+    page.wait_for_timeout(5000)
+    assert len(calls) == settled, calls[settled:]  # nothing in flight any more: quiet again
+
+
+def test_an_album_of_10000_photos_opens_within_a_second(page: Page, web: WebOnly) -> None:
+    user = sign_up(page, web)
+    album_url = create_album(page, "Ten thousand")
+    web.add_many(user, "Ten thousand", 10_000)
+    page.goto(web.url + "/")  # the albums list counts them in one query
+    listed = page.locator(".album-card[data-album-name='Ten thousand'] .photo-count")
+    expect(listed).to_have_attribute("data-count", "10000")
+
+    page.goto(album_url)
+    gallery_ready(page)
+    expect(tiles(page).first.locator("img.thumb")).to_have_js_property("complete", True)
+    ready = page.evaluate("performance.getEntriesByName('gallery-ready')[0].startTime")
+    assert ready <= 1000, f"the first screen took {ready:.0f} ms"
+    weight = page.evaluate(
+        """() => performance.getEntriesByType('navigation').concat(
+                performance.getEntriesByType('resource')).reduce((n, e) => n + e.transferSize, 0)"""
+    )
+    count = tiles(page).count()
+    assert count <= 200, f"{count} tiles on the first screen"
+    assert weight < 1_500_000, f"{weight} bytes for the first screen"
+    no_sideways_scroll(page, "10,000 photos")
+    print(f"10,000 photos: first screen in {ready:.0f} ms, {weight} bytes, {count} tiles")
+    shot(page, "gallery-10000")
