@@ -385,6 +385,10 @@ def test_several_photos_are_deleted_or_moved_at_once(page: Page, web: WebOnly) -
 
     page.click("#select-button")
     expect(page.locator("#select-button")).to_have_attribute("aria-pressed", "true")
+    page.keyboard.press("Escape")  # leaves selecting
+    expect(page.locator("#select-button")).to_have_attribute("aria-pressed", "false")
+    expect(page.locator("#bulk-bar")).to_be_hidden()
+    page.click("#select-button")
     expect(page.locator("#bulk-bar")).to_be_visible()
     for name in ("m1.jpg", "m2.jpg"):
         tile(page, name).locator(".photo-link").click()  # selects instead of opening

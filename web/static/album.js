@@ -207,10 +207,16 @@
       if (answer.status === 401 || answer.status === 404) return window.location.reload();
       if (answer.ok) {
         etag = answer.headers.get("ETag");
-        const settled = answer.body.images.some((i) => {
+        const changed = answer.body.images.filter((i) => {
           const before = images.get(i.id);
           return before && before.status !== i.status;
         });
+        for (const image of changed) {
+          if (!uploadList.querySelector(`.upload-item[data-image-id="${image.id}"]`)) {
+            imagerec.announce(image.fileName + ": " + image.display.status);
+          }
+        }
+        const settled = changed.length > 0;
         merge(answer.body.images, true);
         if (nextCursor === null) nextCursor = answer.body.nextCursor || null;
         render();
@@ -543,9 +549,7 @@
       const box = link.closest(".photo-card").querySelector(".select-photo");
       box.checked = !box.checked;
       box.dispatchEvent(new Event("change", { bubbles: true }));
-      return;
     }
-    rememberContext(link.closest(".photo-card").dataset.imageId);
   });
 
   async function bulk(action, extra) {
@@ -602,22 +606,9 @@
     schedule();
   });
 
-  // --- the photo view's previous/next, and coming back to where one was ------------------------
+  // --- coming back from the photo view --------------------------------------------------------
 
-  const CONTEXT = "imagerec:album-context";
-
-  function rememberContext(id) {
-    const pages = order.map((x) => images.get(x).urls.page);
-    sessionStorage.setItem(
-      CONTEXT,
-      JSON.stringify({
-        back: window.location.pathname + window.location.search,
-        pages,
-        ids: order,
-        current: id,
-      })
-    );
-  }
+  const CONTEXT = "imagerec:album-context"; // written by common.js when a tile is opened
 
   // Back from a photo: the tile it was opened from (or moved to with previous/next) in view.
   async function restorePosition() {
@@ -637,6 +628,18 @@
       card.querySelector(".photo-link").focus({ preventScroll: true });
     }
   }
+
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") return;
+    const menu = document.getElementById("album-settings");
+    if (menu.open) {
+      menu.open = false;
+      menu.querySelector("summary").focus();
+    } else if (root.classList.contains("selecting")) {
+      setSelecting(false);
+      selectButton.focus();
+    }
+  });
 
   document.getElementById("sort-select").addEventListener("change", (event) => {
     event.target.form.requestSubmit();

@@ -58,6 +58,23 @@ document.addEventListener("submit", (event) => {
   if (question && !window.confirm(question)) event.preventDefault();
 });
 
+// Opening a tile leaves the row it came from in this tab's session storage, so the photo view
+// can step to the previous and next photo and go back to this list (photo.js, album.js).
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("#photo-grid .photo-link");
+  if (!link || event.defaultPrevented) return;
+  const cards = Array.from(document.querySelectorAll("#photo-grid .photo-card[data-image-id]"));
+  sessionStorage.setItem(
+    "imagerec:album-context",
+    JSON.stringify({
+      back: window.location.pathname + window.location.search,
+      pages: cards.map((card) => card.querySelector(".photo-link").getAttribute("href")),
+      ids: cards.map((card) => card.dataset.imageId),
+      current: link.closest(".photo-card").dataset.imageId,
+    })
+  );
+});
+
 document.addEventListener("click", async (event) => {
   const button = event.target.closest(".photo-card .delete-photo-button, .photo-card .retry-button");
   if (!button || !button.dataset.url) return;
