@@ -148,12 +148,13 @@ class Image(Base):
 TAKEN_KEY = func.coalesce(Image.creation_time, literal_column("''"))
 
 # Keyset pagination of an album (or of all the user's photos) in either order, and what
-# changed in an album since a moment: each an index range scan, however large the album.
+# changed in an album since a moment (with the state, so the album's validator is computed
+# from the index alone): each an index range scan, however large the album.
 Index("ix_images_album_id_created_at", Image.album_id, Image.created_at, Image.id)
 Index("ix_images_album_id_taken", Image.album_id, TAKEN_KEY, Image.id)
 Index("ix_images_user_id_created_at", Image.user_id, Image.created_at, Image.id)
 Index("ix_images_user_id_taken", Image.user_id, TAKEN_KEY, Image.id)
-Index("ix_images_album_id_updated_at", Image.album_id, Image.updated_at)
+Index("ix_images_album_id_updated_at", Image.album_id, Image.updated_at, Image.status)
 
 
 class Detection(Base):

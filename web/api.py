@@ -6,15 +6,21 @@ user's resources answer 404 exactly like missing ones.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, g, request
+from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from imagerec.models import Album
 from web import actions, auth, queries
 from web.auth import login_required
 from web.errors import Duplicate
-from web.present import SORTS, album_json, image_json
+from web.present import SHAPES, SORTS, album_json, image_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -109,7 +115,11 @@ def sign_up():
 @bp.get("/albums")
 @login_required
 def list_albums():
-    return {"albums": [album_json(*row) for row in queries.list_albums()]}
+    # One query either way; the validator spares sending the same list again.
+    response = jsonify(albums=[album_json(*row) for row in queries.list_albums()])
+    response.add_etag()
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response.make_conditional(request)
 
 
 @bp.post("/albums")
@@ -123,7 +133,9 @@ def create_album():
 @login_required
 def get_album(album_id: int):
     album = queries.get_album(album_id)
-    return {"album": _album_json(album), "labels": queries.labels_in(album)}
+    return _conditional(
+        album, lambda: {"album": _album_json(album), "labels": queries.labels_in(album)}
+    )
 
 
 @bp.patch("/albums/<int:album_id>")
@@ -146,7 +158,64 @@ def delete_album(album_id: int):
 @bp.get("/albums/<int:album_id>/images")
 @login_required
 def list_images(album_id: int):
-    return _images_json(queries.get_album(album_id), _page())
+    album, page = queries.get_album(album_id), _page()
+    return _conditional(album, lambda: _images_json(album, page))
+
+
+@bp.get("/albums/<int:album_id>/changes")
+@login_required
+def album_changes(album_id: int):
+    """The album's photos changed since `since` (the token the last answer gave): what a page
+    polls while photos are in flight."""
+    album, page = queries.get_album(album_id), _page()
+    now = datetime.now(UTC)
+    body: dict[str, Any] = {"since": _since_token(now), "images": [], "reload": False}
+    since = _since(request.args.get("since"))
+    if since is None:  # the first call only starts the watch
+        return body
+    changed = queries.changed_images(album, since, now)
+    if changed is None:
+        body["reload"] = True
+    elif changed:
+        body["images"] = [image_json(i, page.sort) for i in changed]
+        body["album"] = _album_json(album)
+    return body
+
+
+def _since_token(moment: datetime) -> str:
+    return base64.urlsafe_b64encode(moment.isoformat().encode()).decode()
+
+
+def _since(token: str | None) -> datetime | None:
+    if not token:
+        return None
+    try:
+        moment = datetime.fromisoformat(base64.urlsafe_b64decode(token.encode()).decode())
+    except (ValueError, UnicodeError, binascii.Error):
+        raise BadRequest("since is a token from an earlier answer of this endpoint.") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _conditional(album: Album, answer: Callable[[], dict[str, Any]]) -> Response:
+    """`answer()` with an ETag, or 304 when the client has it already: the album's state is
+    one aggregate over an index, so an unchanged album is never listed again."""
+    state = queries.album_state(album)
+    etag = None
+    if state.settled(datetime.now(UTC)):
+        last = state.last_change.isoformat() if state.last_change else ""
+        validator = (
+            f"{SHAPES}|{album.id}|{album.name}|{state.photos}|{last}|{request.query_string!r}"
+        )
+        etag = hashlib.sha256(validator.encode()).hexdigest()[:32]
+        if request.if_none_match.contains(etag):
+            response = Response(status=304)
+            response.set_etag(etag)
+            return response
+    response = jsonify(answer())
+    if etag:
+        response.set_etag(etag)
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response
 
 
 @bp.post("/albums/<int:album_id>/images")

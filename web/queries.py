@@ -12,11 +12,11 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app, g
-from sqlalchemy import ColumnElement, Select, case, func, literal, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, case, func, literal, or_, select, tuple_
 from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import BadRequest, NotFound
 
@@ -215,3 +215,72 @@ def can_retry(image: Image) -> bool:
 def printable(text: str) -> str:
     """Without control characters (NUL included, which PostgreSQL text cannot hold)."""
     return "".join(c for c in text if c.isprintable())
+
+
+# --- watching an album -----------------------------------------------------------------------
+
+# How long a writer may take from stamping a row's updated_at to committing it: a row can
+# become visible with an updated_at this much older than rows committed before it.
+COMMIT_SLACK = timedelta(seconds=60)
+MAX_CHANGES = 500
+IN_FLIGHT = (Status.UPLOADED, Status.PROCESSING)
+
+
+@dataclass(frozen=True)
+class AlbumState:
+    photos: int
+    last_change: datetime | None
+    in_flight: int
+
+    def settled(self, now: datetime) -> bool:
+        """Nothing being processed, and no write that may still be committing: the album can
+        only change through a new write, which moves `last_change` or `photos`."""
+        recent = self.last_change is not None and aware(self.last_change) > now - COMMIT_SLACK
+        return self.in_flight == 0 and not recent
+
+
+def album_state(album: Album) -> AlbumState:
+    """One aggregate over the album's (album_id, updated_at, status) index: no photo is read."""
+    in_flight = func.sum(case((Image.status.in_(IN_FLIGHT), 1), else_=0))
+    photos, last_change, busy = (
+        get_session()
+        .execute(
+            select(func.count(), func.max(Image.updated_at), in_flight).where(
+                Image.album_id == album.id
+            )
+        )
+        .one()
+    )
+    return AlbumState(photos, last_change, busy or 0)
+
+
+def changed_images(album: Album, since: datetime, now: datetime) -> list[Image] | None:
+    """The album's photos written at `since` or later (and up to COMMIT_SLACK before, which a
+    late commit may carry), plus in-flight photos that became retryable meanwhile; None when
+    more than MAX_CHANGES changed (the caller should list the album again)."""
+    config = current_app.config
+    written = Image.updated_at >= since - COMMIT_SLACK
+    became_retryable = [
+        and_(
+            Image.status == status,
+            Image.updated_at >= since - COMMIT_SLACK - timedelta(seconds=patience),
+            Image.updated_at < now - timedelta(seconds=patience),
+        )
+        for status, patience in (
+            (Status.UPLOADED, config["RETRY_UPLOADED_AFTER_SECONDS"]),
+            (Status.PROCESSING, config["STUCK_AFTER_SECONDS"]),
+        )
+    ]
+    longest = max(config["RETRY_UPLOADED_AFTER_SECONDS"], config["STUCK_AFTER_SECONDS"])
+    # Implied by the terms of the OR; said once more so the whole query is one index range.
+    oldest = Image.updated_at >= since - COMMIT_SLACK - timedelta(seconds=longest)
+    images = list(
+        get_session().scalars(
+            select(Image)
+            .where(Image.album_id == album.id, oldest, or_(written, *became_retryable))
+            .order_by(Image.updated_at.desc(), Image.id)
+            .limit(MAX_CHANGES + 1)
+            .options(selectinload(Image.detections))
+        )
+    )
+    return images if len(images) <= MAX_CHANGES else None

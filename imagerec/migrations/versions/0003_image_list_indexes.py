@@ -1,4 +1,4 @@
-"""indexes for paging through an album by date taken or uploaded, and for what changed
+"""indexes for paging through an album by date taken or uploaded, and for watching it
 
 Revision ID: 0003
 Revises: 0002
@@ -20,7 +20,7 @@ INDEXES = {
     "ix_images_album_id_taken": ["album_id", TAKEN_KEY, "id"],
     "ix_images_user_id_created_at": ["user_id", "created_at", "id"],
     "ix_images_user_id_taken": ["user_id", TAKEN_KEY, "id"],
-    "ix_images_album_id_updated_at": ["album_id", "updated_at"],
+    "ix_images_album_id_updated_at": ["album_id", "updated_at", "status"],
 }
 
 
