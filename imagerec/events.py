@@ -20,6 +20,8 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
+from imagerec.logs import TRACEPARENT, new_traceparent
+
 UPLOADED = "dev.imagerec.image.uploaded"
 ACCEPTED = "dev.imagerec.image.accepted"
 REJECTED = "dev.imagerec.image.rejected"
@@ -170,11 +172,21 @@ def encode(event: CloudEvent, structured: bool = False) -> tuple[dict[str, str],
     return dict(headers), body if isinstance(body, bytes) else str(body).encode()
 
 
+# One keep-alive connection pool per process for every send to the sink: a new TCP connection
+# per event cost more than the send itself.
+_sink_session = requests.Session()
+
+
 def emit(event: CloudEvent, sink: str, timeout: float = 10.0) -> None:
-    """POST an event to a sink (the Broker, as K_SINK names it)."""
+    """POST an event to a sink (the Broker, as K_SINK names it).
+
+    An event that carries no `traceparent` starts a trace here (imagerec/logs.py).
+    """
+    if event.get(TRACEPARENT) is None:
+        event[TRACEPARENT] = new_traceparent()
     headers, body = encode(event)
     try:
-        response = requests.post(sink, data=body, headers=headers, timeout=timeout)
+        response = _sink_session.post(sink, data=body, headers=headers, timeout=timeout)
     except requests.RequestException as e:
         raise EmitFailed(f"could not reach {sink}: {e}") from e
     if not 200 <= response.status_code < 300:

@@ -24,6 +24,7 @@ import sqlalchemy.exc
 from cloudevents.http import CloudEvent
 from sqlalchemy.orm import Session
 
+from imagerec import logs
 from imagerec.blobstore import (
     BlobNotFound,
     BlobStore,
@@ -73,9 +74,8 @@ def cloudevent_step(
 ) -> Callable[[flask.Request], flask.typing.ResponseReturnValue]:
     """`ready` answers GET (the readiness probe): a step that is not ready answers 503."""
     # functions-framework configures no logging; without this a step's INFO lines (one per
-    # event) vanish. A process that set up logging itself keeps its own configuration.
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # event) vanish. JSON lines named after the step (K_SERVICE on a cluster).
+    logs.configure(step.__name__.replace("_", "-"))
 
     @functools.wraps(step)
     def entry_point(request: flask.Request) -> flask.typing.ResponseReturnValue:
@@ -112,6 +112,35 @@ def cloudevent_step(
         return body, 200, headers
 
     return entry_point
+
+
+def _handle(step: Step, event: CloudEvent) -> flask.typing.ResponseReturnValue:
+    log.info("%s: %s %s", step.__name__, event["type"], event.get("subject"))
+    try:
+        reply = step(event)
+    except (BadEvent, InvalidBlobKey) as e:
+        log.warning("%s: refused: bad event: %s", step.__name__, e)
+        return _plain(400, f"bad event: {e}")
+    except (Refused, UnknownOwner, BlobNotFound) as e:
+        log.warning("%s: refused: %s", step.__name__, _describe(e))
+        return _plain(422, f"refused: {_describe(e)}")
+    except (
+        Unavailable,
+        BlobStoreUnavailable,
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.InterfaceError,
+    ) as e:
+        log.warning("%s: transient failure: %s", step.__name__, e)
+        return _plain(503, f"unavailable, retry later: {_describe(e)}")
+    except Exception as e:  # the step's own bug: still answer briefly, Knative retries
+        log.exception("%s failed", step.__name__)
+        return _plain(500, f"internal error in {step.__name__}: {type(e).__name__}")
+    if reply is None:
+        return "", 202
+    # The reply continues the event's trace: one photo is one trace (imagerec/logs.py).
+    reply[logs.TRACEPARENT] = logs.child_traceparent(event.get(logs.TRACEPARENT))
+    headers, body = encode(reply)
+    return body, 200, headers
 
 
 def _describe(error: Exception) -> str:

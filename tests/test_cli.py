@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -94,8 +95,8 @@ def test_dev_serves_the_album_page_and_ctrl_c_leaves_no_orphans(tmp_path):
                 break
         assert any(f"http://127.0.0.1:{port}/" in line for line in lines), "".join(lines)
         assert requests.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
-        prefixed = {line.split("]")[0] + "]" for line in lines if line.startswith("[")}
-        assert {"[web]", "[dev]"} <= prefixed
+        services = {json.loads(line)["service"] for line in lines}  # every line is JSON
+        assert {"web", "dev", "runner"} <= services
         children = _descendants(process.pid)
         assert len(children) >= 6  # five steps and the web service, each with its workers
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does

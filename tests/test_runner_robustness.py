@@ -1,5 +1,5 @@
-"""What the runner refuses that Knative would take and then lose or drop: broken HTTP framing,
-events no subscriber can receive, and foreign events on the internal hops."""
+"""What the runner refuses that Knative would take and then lose or drop (broken HTTP framing,
+events no subscriber can receive, foreign events on the internal hops), and its keep-alive."""
 
 from __future__ import annotations
 
@@ -217,3 +217,31 @@ def test_our_sources_are_the_knative_services_of_the_manifests():
     assert "/functions/extract-metadata" in sources
     assert "/functions/store-results" in sources
     assert "/web" not in sources  # the web only sends to the Broker, never to a channel
+
+
+def test_deliveries_reuse_keep_alive_connections(tmp_path):
+    with (
+        Subscriber() as sink,
+        running(tmp_path, EVERYTHING, {"sink": sink.url}, workers=1) as (
+            runner,
+            srv,
+        ),
+    ):
+        for _ in range(20):
+            post_event(srv.broker_url, "t")
+            runner.wait_idle()
+    received = sink.received()
+    assert len(received) == 20
+    assert len({request.peer for request in received}) == 1
+
+
+def test_a_connection_the_subscriber_closed_is_not_reused(tmp_path):
+    close = lambda request: (202, {"Connection": "close"}, b"")  # noqa: E731
+    with (
+        Subscriber(close) as sink,
+        running(tmp_path, EVERYTHING, {"sink": sink.url}, workers=1) as (runner, srv),
+    ):
+        for _ in range(3):
+            post_event(srv.broker_url, "t")
+            runner.wait_idle()
+    assert len({request.peer for request in sink.received()}) == 3

@@ -12,6 +12,7 @@ from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from imagerec import logs
 from imagerec.config import load_settings
 
 # One request may carry several files; each is still held to MAX_UPLOAD_BYTES on its own.
@@ -32,6 +33,7 @@ class _SessionInterface(SecureCookieSessionInterface):
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
+    logs.configure("web")
     app.config.from_mapping(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",

@@ -15,6 +15,7 @@ from cloudevents.http import CloudEvent
 from flask import Flask, current_app
 
 from imagerec.events import EmitFailed, emit
+from imagerec.logs import event_fields
 
 log = logging.getLogger("imagerec.web.broker")
 
@@ -60,6 +61,7 @@ class EventSender:
         for attempt in range(self.attempts):
             try:
                 emit(event, self.sink, timeout=self.timeout)
+                log.info("sent %s", event["type"], extra=event_fields(event))
                 return
             except EmitFailed as e:
                 log.warning("sending %s (attempt %d): %s", event.get("subject"), attempt + 1, e)

@@ -6,6 +6,7 @@ import argparse
 import logging
 from datetime import timedelta
 
+from imagerec import logs
 from imagerec.config import load_settings
 
 
@@ -20,15 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     reconcile.add_argument("--sink", help="where to send events (default: K_SINK)")
     commands.add_parser("upload", help="upload photos into an album", add_help=False)
     args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # Alembic announces each of its plugins at INFO when first imported: noise in every command.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    settings = load_settings()
-
     if args.command == "upload":
         from web.client import main as upload_main  # only this command needs the web client
 
+        # A person reads this one: plain lines, not the services' JSON.
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return upload_main(rest)
+    logs.configure({"reconcile": "reconciler"}.get(args.command, args.command))
+    settings = load_settings()
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "dev":

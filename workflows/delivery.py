@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-import requests
-
 from imagerec.events import BadEvent, retried
+from imagerec.logs import event_fields
+from workflows.connections import Connections, Response, SendFailed
 from workflows.manifests import Delivery
 from workflows.wire import Event, decode, encode, is_cloudevent
 
@@ -165,6 +165,7 @@ class Dispatcher:
     ) -> None:
         self._stopping = stopping
         self._trusted_sources = trusted_sources
+        self.connections = Connections()
 
     def deliver(self, hop: Hop, event: Event) -> Waits:
         """Deliver `event` over `hop`; a generator yielding each wait before a retry."""
@@ -181,7 +182,7 @@ class Dispatcher:
             # Forwarded, it would enter the pipeline as one of ours: like a channel under an
             # EventPolicy, refuse it (403, not retried) and dead-letter what the step received.
             detail = f"reply from source {reply.get('source')!r}, which is not one of ours"
-            log.warning("%s: %s: %s", hop.name, event, detail)
+            log.warning("%s: %s: %s", hop.name, event, detail, extra=event_fields(event))
             yield from self._dead_letter(hop, event, Outcome(403, detail))
             return
         if hop.behind_broker:
@@ -214,6 +215,7 @@ class Dispatcher:
                 attempt,
                 attempts,
                 f" ({outcome.detail})" if outcome.detail else "",
+                extra=event_fields(event),
             )
             if outcome.ok or not outcome.retryable:
                 break
@@ -251,16 +253,11 @@ class Dispatcher:
 
     def _send(
         self, url: str, headers: dict[str, str], body: bytes, timeout: float | None
-    ) -> tuple[Outcome, requests.Response | None]:
+    ) -> tuple[Outcome, Response | None]:
         try:
-            response = requests.post(
-                url, data=body, headers=headers, timeout=timeout or DEFAULT_TIMEOUT
-            )
-        except requests.Timeout:
-            detail = f"dispatch error: no answer within {timeout or DEFAULT_TIMEOUT}s"
-            return _no_response(url, detail, timed_out=True), None
-        except requests.RequestException as e:
-            return _no_response(url, f"dispatch error: {e}"), None
+            response = self.connections.post(url, headers, body, timeout or DEFAULT_TIMEOUT)
+        except SendFailed as e:
+            return _no_response(url, f"dispatch error: {e}", timed_out=e.timed_out), None
         extensions = {"knativeerrordest": url, "knativeerrorcode": str(response.status_code)}
         if response.content:
             encoded = base64.b64encode(response.content[:ERROR_DATA_BYTES]).decode()
@@ -276,6 +273,7 @@ class Dispatcher:
                 hop.name,
                 event,
                 failure.status or "none",
+                extra=event_fields(event),
             )
             return
         sink = hop.dead_letter_sink
@@ -284,7 +282,12 @@ class Dispatcher:
             hop, " dead letter", sink, dead, lambda: self._post(hop, sink, dead)
         )
         if not outcome.ok:
-            log.error("%s: %s lost: the deadLetterSink failed too", hop.name, event)
+            log.error(
+                "%s: %s lost: the deadLetterSink failed too",
+                hop.name,
+                event,
+                extra=event_fields(event),
+            )
 
 
 def _no_response(url: str, detail: str, timed_out: bool = False) -> Outcome:

@@ -2,7 +2,8 @@
 
 Every step runs as its own HTTP service (functions-framework), the web service under
 gunicorn, and the local runner routes CloudEvents between them from the same knative/
-manifests a cluster uses. Each child's log lines are prefixed with its name; a child that
+manifests a cluster uses. Every process writes JSON log lines naming its service
+(imagerec/logs.py) straight to the terminal (or `log_fd`): nothing relays them. A child that
 dies is restarted; Ctrl-C stops everything.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import requests
 
+from imagerec import logs
 from imagerec.config import Settings
 from imagerec.db import session_factory, upgrade
 from workflows.manifests import load_manifests
@@ -45,16 +47,19 @@ MANIFESTS = Path(__file__).resolve().parents[1] / "knative"
 _PR_SET_PDEATHSIG = 1
 STABLE_AFTER_SECONDS = 60
 MAX_RESTART_DELAY = 8
-_output = threading.Lock()
+# The loggers of what runs inside `imagerec dev`'s own process, and the service each names.
+IN_PROCESS = {
+    "imagerec.dev": "dev",
+    "workflows.runner": "runner",
+    "imagerec.reconciler": "reconciler",
+}
 
 
-def say(part: str, text: str) -> None:
-    """One whole line on stdout, prefixed with the part it comes from."""
-    # print() writes the text and the newline separately: lines from several threads would
-    # interleave mid-line without the lock.
-    with _output:
-        sys.stdout.write(f"[{part}] {text}\n")
-        sys.stdout.flush()
+def configure_logging(fd: int | None = None) -> None:
+    """JSON lines for `imagerec dev`'s own process: its runner, reconciler and itself."""
+    logs.configure("dev", fd=fd)
+    for name, service in IN_PROCESS.items():
+        logs.name_service(logging.getLogger(name), service)
 
 
 def free_port() -> int:
@@ -81,6 +86,7 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     url: str
+    output: int | None = None  # where its stdout and stderr go (None: inherited)
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -95,8 +101,9 @@ class Child:
         self.process = subprocess.Popen(
             self.argv,
             env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            # Its lines are whole JSON lines naming the service: they need no relaying.
+            stdout=self.output,
+            stderr=self.output,
             # Its own process group: the child and its workers are stopped together, and a
             # terminal's Ctrl-C reaches only `imagerec dev`, which stops them in order.
             start_new_session=True,
@@ -109,12 +116,8 @@ class Child:
         crashes_in_a_row = 0
         while True:
             process = self.process
-            assert process is not None and process.stdout is not None
+            assert process is not None
             started = time.monotonic()
-            for raw in process.stdout:
-                line = raw.decode(errors="replace").rstrip()
-                if line:
-                    say(self.name, line)
             code = process.wait()
             if self._stopping.is_set():
                 return
@@ -124,7 +127,7 @@ class Child:
             ran_a_while = time.monotonic() - started > STABLE_AFTER_SECONDS
             crashes_in_a_row = 1 if ran_a_while else crashes_in_a_row + 1
             delay = min(2 ** (crashes_in_a_row - 1), MAX_RESTART_DELAY)
-            say("dev", f"{self.name} exited with {code}; restarting in {delay}s")
+            log.warning("%s exited with %s; restarting in %ss", self.name, code, delay)
             if self._stopping.wait(delay):
                 return
             with self._lock:
@@ -177,11 +180,16 @@ class DevStack:
         runner_port: int | None = None,
         reconcile_interval: float = 10.0,
         manifests: Path = MANIFESTS,
+        log_fd: int | None = None,
     ) -> None:
+        """`log_fd`: where every part writes its log lines (default: this process's stdout and
+        stderr, which the children inherit); a test reads them back from a file."""
         self.settings, self.host, self.port = settings, host, port
         self.runner_port = runner_port or free_port()
         self.reconcile_interval = reconcile_interval
         self.manifests = manifests
+        self.log_fd = log_fd
+        self._log_handler: logging.Handler | None = None
         self.children: dict[str, Child] = {}
         self.runner: Runner | None = None
         self.server = None
@@ -191,9 +199,10 @@ class DevStack:
     def web_url(self) -> str:
         return f"http://{self.host}:{self.port}/"
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, service: str) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
+            K_SERVICE=service,  # as Knative sets it: the name its log lines carry
             IMAGEREC_DATA_DIR=str(self.settings.data_dir),
             IMAGEREC_DATABASE_URL=self.settings.database_url,
             IMAGEREC_BLOB_URL=self.settings.blob_url,
@@ -221,14 +230,19 @@ class DevStack:
             "--port",
             str(port),
         ]
-        return Child(name, argv, self._env(), f"http://127.0.0.1:{port}")
+        return Child(name, argv, self._env(name), f"http://127.0.0.1:{port}", self.log_fd)
 
     def start(self, ready_timeout: float = 120.0) -> DevStack:
+        if self.log_fd is not None:
+            self._log_handler = logs.LineHandler(self.log_fd)
+            self._log_handler.setFormatter(logs.JsonFormatter("dev"))
+            for name, service in IN_PROCESS.items():
+                logs.name_service(logging.getLogger(name), service).addHandler(self._log_handler)
         upgrade(self.settings.database_url)
         for name, module in STEPS.items():
             self.children[name] = self._step_child(name, module)
         self._start_runner()
-        web_env = {**self._env(), "K_SINK": self.server.broker_url}
+        web_env = {**self._env("web"), "K_SINK": self.server.broker_url}
         self.children["web"] = Child(
             "web",
             [
@@ -239,12 +253,15 @@ class DevStack:
                 f"{self.host}:{self.port}",
                 "--threads",
                 "8",
-                "--access-logfile",
-                "-",
+                # No access log: a line per request (every poll of an album) cost more CPU than
+                # the request; what matters is in the app's own lines.
+                "--logger-class",
+                "imagerec.logs.GunicornLogger",
                 "web:create_app()",
             ],
             web_env,
             self.web_url,
+            self.log_fd,
         )
         for child in self.children.values():
             child.start()
@@ -256,7 +273,7 @@ class DevStack:
                 raise RuntimeError(f"{child.name} did not start in {ready_timeout}s")
             # E.g. a detector that cannot be loaded offline: the stack is still worth having,
             # the step answers 503 with the reason, and its events end in the dead-letter path.
-            say("dev", f"{child.name} is up but not ready after {ready_timeout}s; going on")
+            log.warning("%s is up but not ready after %ss; going on", child.name, ready_timeout)
         self.reconciler = Reconciler(
             session_factory(self.settings.database_url),
             self.server.broker_url,
@@ -285,31 +302,24 @@ class DevStack:
             child.wait_stopped()
         if self.server:
             self.server.stop()
-
-
-class _PrefixedLogHandler(logging.Handler):
-    """The runner's and reconciler's log records, as lines like the children's: `[runner] …`."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        part = record.name.rsplit(".", 1)[-1]
-        say(part, self.format(record))
+        if self._log_handler is not None:
+            for name in IN_PROCESS:
+                logging.getLogger(name).removeHandler(self._log_handler)
 
 
 def run(settings: Settings, host: str, port: int) -> int:
-    handler = _PrefixedLogHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logging.getLogger().handlers[:] = [handler]
+    configure_logging()
     stack = DevStack(settings, host=host, port=port)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
         stack.start()
-        say("dev", f"imagerec is up: album page at {stack.web_url}")
-        say("dev", f"broker ingress at {stack.server.broker_url}; data in {settings.data_dir}")
+        log.info("imagerec is up: album page at %s", stack.web_url)
+        log.info("broker ingress at %s; data in %s", stack.server.broker_url, settings.data_dir)
         stopped.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        say("dev", "stopping")
+        log.info("stopping")
         stack.stop()
     return 0

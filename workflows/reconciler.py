@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from imagerec.events import UPLOADED, EmitFailed, emit, new_event
 from imagerec.images import uploaded_event_data
+from imagerec.logs import event_fields
 from imagerec.models import Image
 from imagerec.states import STUCK, retry
 
@@ -40,13 +41,13 @@ def resend_stuck(
         try:
             emit(event, sink)
         except EmitFailed as e:
-            log.warning("could not re-send %s: %s", image.id, e)
+            log.warning("could not re-send %s: %s", image.id, e, extra=event_fields(event))
             if e.sink_down:
                 break  # the rest would fail too; the next round tries again
             continue  # refused for what this image is: the others may still go
         _touch(session, image)
         sent.append(image.id)
-        log.info("re-sent stuck image %s", image.id)
+        log.info("re-sent stuck image %s", image.id, extra=event_fields(event))
     return sent
 
 

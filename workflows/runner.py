@@ -55,6 +55,7 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 from imagerec.events import BadEvent
+from imagerec.logs import event_fields
 from workflows.delivery import TTL, Clock, Dispatcher, Hop, Stopped, Waits, WallClock
 from workflows.manifests import (
     BROKER_DEFAULT_DELIVERY,
@@ -183,6 +184,7 @@ class Runner:
                 waiting, self._waiting = self._waiting, set()
             httpd.shutdown()
             httpd.server_close()
+            self._dispatcher.connections.close()
             # Not under _idle: the timer thread may be in a callback that needs it.
             if self._own_clock is not None:
                 self._own_clock.close()
@@ -396,7 +398,7 @@ class Runner:
         try:
             check_receivable(event)
         except BadEvent as e:
-            log.warning("refused %s: %s: %s", path, event, e)
+            log.warning("refused %s: %s: %s", path, event, e, extra=event_fields(event))
             return 400, {}, f"{e}\n"
         if is_channel:
             hops = self._channels.get((segments[1], segments[2]))
@@ -404,7 +406,7 @@ class Runner:
                 return 404, {}, ""
             if not self._trusted(event):
                 message = f"source {event.get('source')!r} may not send to an internal channel"
-                log.warning("refused %s: %s: %s", path, event, message)
+                log.warning("refused %s: %s: %s", path, event, message, extra=event_fields(event))
                 return 403, {}, message + "\n"
             self._fan_out(event, hops)
             return 202, {}, ""
@@ -413,7 +415,12 @@ class Runner:
             return 404, {}, ""
         ttl = _next_ttl(event.get(TTL))
         if ttl <= 0:
-            log.warning("refused %s: %s: knativebrokerttl exhausted (a reply loop?)", path, event)
+            log.warning(
+                "refused %s: %s: knativebrokerttl exhausted (a reply loop?)",
+                path,
+                event,
+                extra=event_fields(event),
+            )
             return 400, {}, ""
         arrival = self.clock.now().isoformat().replace("+00:00", "Z")
         event = event.with_attributes(knativearrivaltime=arrival, **{TTL: str(ttl)})
@@ -438,7 +445,10 @@ class Runner:
                 self._tasks.put(delivery)
         if stopping:  # no worker is left to run it
             log.warning(
-                "%s: %s not delivered: the runner is stopping", delivery.hop.name, delivery.event
+                "%s: %s not delivered: the runner is stopping",
+                delivery.hop.name,
+                delivery.event,
+                extra=event_fields(delivery.event),
             )
 
     def _work(self) -> None:
@@ -456,7 +466,12 @@ class Runner:
             self._abandon(delivery)
             return
         except Exception:
-            log.exception("%s: %s: delivery failed unexpectedly", delivery.hop.name, delivery.event)
+            log.exception(
+                "%s: %s: delivery failed unexpectedly",
+                delivery.hop.name,
+                delivery.event,
+                extra=event_fields(delivery.event),
+            )
             self._finished()
             return
         with self._idle:
@@ -478,7 +493,12 @@ class Runner:
 
     def _abandon(self, delivery: _Delivery) -> None:
         delivery.waits.close()
-        log.warning("%s: %s abandoned: the runner is stopping", delivery.hop.name, delivery.event)
+        log.warning(
+            "%s: %s abandoned: the runner is stopping",
+            delivery.hop.name,
+            delivery.event,
+            extra=event_fields(delivery.event),
+        )
         self._finished()
 
     def _finished(self) -> None:

@@ -58,6 +58,7 @@ class Request:
     path: str
     headers: Mapping[str, str]
     body: bytes
+    peer: tuple[str, int] | None = None  # the client's address: which connection it came on
 
     @property
     def attributes(self) -> dict[str, str]:
@@ -139,7 +140,7 @@ class _SubscriberHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         headers = {name.lower(): value for name, value in self.headers.items()}
         status, reply_headers, reply = self.subscriber._record(
-            Request("POST", self.path, headers, body)
+            Request("POST", self.path, headers, body, self.client_address[:2])
         )
         try:
             self.send_response(status)
