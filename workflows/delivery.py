@@ -33,8 +33,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from imagerec.events import BadEvent, retried
-from imagerec.logs import event_fields
-from workflows.connections import Connections, Response, SendFailed
+from imagerec.logs import TRACEPARENT, child_traceparent, event_fields
+from workflows.connections import Cancel, Connections, Response, SendFailed
 from workflows.manifests import Delivery
 from workflows.wire import Event, decode, encode, is_cloudevent
 
@@ -120,9 +120,14 @@ class Stopped(Exception):
     """The runner is stopping: abandon the delivery."""
 
 
+class Cancelled(Exception):
+    """The caller of a synchronous channel went away: its fan-out is abandoned (Knative cancels
+    the request's context; nothing is retried or dead-lettered)."""
+
+
 # What `deliver` returns: it yields the seconds to wait before each retry, and must be resumed
-# (next()) once they have passed.
-Waits = Generator[float, None, None]
+# (next()) once they have passed; it returns whether the event was delivered (or dead-lettered).
+Waits = Generator[float, None, bool]
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ class Outcome:
     reply: Event | None = None
     error_extensions: dict[str, str] = field(default_factory=dict)
     timed_out: bool = False
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:
@@ -167,35 +173,46 @@ class Dispatcher:
         self._trusted_sources = trusted_sources
         self.connections = Connections()
 
-    def deliver(self, hop: Hop, event: Event) -> Waits:
-        """Deliver `event` over `hop`; a generator yielding each wait before a retry."""
+    def deliver(self, hop: Hop, event: Event, cancel: Cancel | None = None) -> Waits:
+        """Deliver `event` over `hop`; a generator yielding each wait before a retry.
+
+        Under `cancel` (a synchronous fan-out), every request is aborted once it is cancelled,
+        and the generator raises Cancelled.
+        """
         # The broker-filter strips the TTL before calling the subscriber (§2).
         sent = event.with_attributes(**{TTL: None}) if hop.behind_broker else event
-        outcome = yield from self._attempts(hop, "", hop.url, sent, lambda: self._call(hop, sent))
+        outcome = yield from self._attempts(
+            hop, "", hop.url, sent, lambda: self._call(hop, sent, cancel), cancel
+        )
         if not outcome.ok:
-            yield from self._dead_letter(hop, event, outcome)
-            return
+            return (yield from self._dead_letter(hop, event, outcome, cancel))
         if outcome.reply is None or hop.reply_to is None:
-            return
+            return True
         reply = outcome.reply
         if self._trusted_sources is not None and reply.get("source") not in self._trusted_sources:
             # Forwarded, it would enter the pipeline as one of ours: like a channel under an
             # EventPolicy, refuse it (403, not retried) and dead-letter what the step received.
             detail = f"reply from source {reply.get('source')!r}, which is not one of ours"
             log.warning("%s: %s: %s", hop.name, event, detail, extra=event_fields(event))
-            yield from self._dead_letter(hop, event, Outcome(403, detail))
-            return
+            return (yield from self._dead_letter(hop, event, Outcome(403, detail), cancel))
         if hop.behind_broker:
             reply = reply.with_attributes(**{TTL: event.get(TTL)})
         target = hop.reply_to
         forwarded = yield from self._attempts(
-            hop, " reply", target, reply, lambda: self._post(hop, target, reply)
+            hop, " reply", target, reply, lambda: self._post(hop, target, reply, cancel), cancel
         )
         if not forwarded.ok:
-            yield from self._dead_letter(hop, event, forwarded)
+            return (yield from self._dead_letter(hop, event, forwarded, cancel))
+        return True
 
     def _attempts(
-        self, hop: Hop, leg: str, url: str, event: Event, send: Callable[[], Outcome]
+        self,
+        hop: Hop,
+        leg: str,
+        url: str,
+        event: Event,
+        send: Callable[[], Outcome],
+        cancel: Cancel | None,
     ) -> Generator[float, None, Outcome]:
         attempts = hop.delivery.attempts
         for attempt in range(1, attempts + 1):
@@ -204,7 +221,11 @@ class Dispatcher:
             # Also between legs (reply, dead letter) within one step: stopping is prompt.
             if self._stopping.is_set():
                 raise Stopped
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled
             outcome = send()
+            if outcome.cancelled:
+                raise Cancelled
             log.info(
                 "%s%s: %s -> %s status=%s attempt=%d/%d%s",
                 hop.name,
@@ -221,11 +242,11 @@ class Dispatcher:
                 break
         return outcome
 
-    def _call(self, hop: Hop, event: Event) -> Outcome:
+    def _call(self, hop: Hop, event: Event, cancel: Cancel | None) -> Outcome:
         """One attempt at the subscriber, its answer read by the rules of §3 (or §5)."""
         headers, body = encode(event, structured=hop.structured)
-        headers.update({"Prefer": "reply", "Kn-Namespace": hop.namespace})
-        outcome, response = self._send(hop.url, headers, body, hop.delivery.timeout)
+        headers.update({"Prefer": "reply", "Kn-Namespace": hop.namespace, **_span(event)})
+        outcome, response = self._send(hop.url, headers, body, hop.delivery.timeout, cancel)
         if response is None:
             if hop.behind_broker and outcome.timed_out:
                 outcome.error_extensions = {}  # the MT broker loses them on this path (§4)
@@ -245,19 +266,26 @@ class Dispatcher:
             return Outcome(502, "2xx with a body that is not a CloudEvent")
         return outcome
 
-    def _post(self, hop: Hop, url: str, event: Event) -> Outcome:
+    def _post(self, hop: Hop, url: str, event: Event, cancel: Cancel | None) -> Outcome:
         """Hand an event on (a reply, or a dead letter): binary, no `Prefer: reply`."""
         headers, body = encode(event)
-        headers["Kn-Namespace"] = hop.namespace
-        return self._send(url, headers, body, hop.delivery.timeout)[0]
+        headers.update({"Kn-Namespace": hop.namespace, **_span(event)})
+        return self._send(url, headers, body, hop.delivery.timeout, cancel)[0]
 
     def _send(
-        self, url: str, headers: dict[str, str], body: bytes, timeout: float | None
+        self,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        timeout: float | None,
+        cancel: Cancel | None,
     ) -> tuple[Outcome, Response | None]:
         try:
-            response = self.connections.post(url, headers, body, timeout or DEFAULT_TIMEOUT)
+            response = self.connections.post(url, headers, body, timeout or DEFAULT_TIMEOUT, cancel)
         except SendFailed as e:
-            return _no_response(url, f"dispatch error: {e}", timed_out=e.timed_out), None
+            outcome = _no_response(url, f"dispatch error: {e}", timed_out=e.timed_out)
+            outcome.cancelled = e.cancelled
+            return outcome, None
         extensions = {"knativeerrordest": url, "knativeerrorcode": str(response.status_code)}
         if response.content:
             encoded = base64.b64encode(response.content[:ERROR_DATA_BYTES]).decode()
@@ -266,7 +294,9 @@ class Dispatcher:
         detail = "" if ok else response.text[:120].strip()
         return Outcome(response.status_code, detail, error_extensions=extensions), response
 
-    def _dead_letter(self, hop: Hop, event: Event, failure: Outcome) -> Waits:
+    def _dead_letter(
+        self, hop: Hop, event: Event, failure: Outcome, cancel: Cancel | None
+    ) -> Waits:
         if hop.dead_letter_sink is None:
             log.error(
                 "%s: %s dropped (last status %s): no deadLetterSink",
@@ -275,11 +305,11 @@ class Dispatcher:
                 failure.status or "none",
                 extra=event_fields(event),
             )
-            return
+            return False
         sink = hop.dead_letter_sink
         dead = event.with_attributes(**failure.error_extensions)
         outcome = yield from self._attempts(
-            hop, " dead letter", sink, dead, lambda: self._post(hop, sink, dead)
+            hop, " dead letter", sink, dead, lambda: self._post(hop, sink, dead, cancel), cancel
         )
         if not outcome.ok:
             log.error(
@@ -288,6 +318,14 @@ class Dispatcher:
                 event,
                 extra=event_fields(event),
             )
+        return outcome.ok
+
+
+def _span(event: Event) -> dict[str, str]:
+    """The hop's `traceparent` header: a span of the event's trace, as Knative's dispatcher
+    makes one per request (the event's own `traceparent` extension travels unchanged)."""
+    parent = event.get(TRACEPARENT)
+    return {"traceparent": child_traceparent(parent)} if parent else {}
 
 
 def _no_response(url: str, detail: str, timed_out: bool = False) -> Outcome:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,6 +89,8 @@ class Broker:
     namespace: str
     name: str
     delivery: Delivery | None = None
+    # Whether its ingress answers 202 before delivering (see broker_is_asynchronous).
+    asynchronous: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class Sequence:
     steps: tuple[Step, ...]
     channel_delivery: Delivery | None = None
     reply: Destination | None = None
+    channel_kind: str = "InMemoryChannel"  # the channelTemplate's
 
     def channel(self, index: int) -> str:
         return f"{self.name}-kn-sequence-{index}"
@@ -135,6 +138,7 @@ class Parallel:
     branches: tuple[Branch, ...]
     channel_delivery: Delivery | None = None
     reply: Destination | None = None
+    channel_kind: str = "InMemoryChannel"
 
     @property
     def ingress_channel(self) -> str:
@@ -142,6 +146,19 @@ class Parallel:
 
     def branch_channel(self, index: int) -> str:
         return f"{self.name}-kn-parallel-{index}"
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A channel declared in the manifests: a Sequence or Parallel adopts one of its template's
+    kind and name instead of making it (pkg/reconciler/sequence/sequence.go reconcileChannel),
+    with its annotations and its own delivery."""
+
+    namespace: str
+    name: str
+    kind: str
+    delivery: Delivery | None = None
+    asynchronous: bool = False
 
 
 Key = tuple[str, str]  # (namespace, name)
@@ -154,6 +171,17 @@ class Manifests:
     sequences: dict[Key, Sequence] = field(default_factory=dict)
     parallels: dict[Key, Parallel] = field(default_factory=dict)
     services: dict[Key, str] = field(default_factory=dict)  # Knative Services: key -> name
+    channels: dict[Key, Channel] = field(default_factory=dict)
+
+    def channel_mode(
+        self, namespace: str, name: str, template_kind: str, template_delivery: Delivery | None
+    ) -> tuple[bool, Delivery | None]:
+        """Whether the flow's channel `name` is asynchronous, and its delivery: the declared
+        channel's when one of the template's kind exists (adopted), else the template's."""
+        declared = self.channels.get((namespace, name))
+        if declared is not None and declared.kind == template_kind:
+            return declared.asynchronous, declared.delivery
+        return channel_is_asynchronous(template_kind), template_delivery
 
     def destinations(self) -> Iterator[tuple[str, Destination]]:
         """Every Destination the manifests name, with the object that names it."""
@@ -276,6 +304,8 @@ _ROUTED = {
     ("flows.knative.dev", "Sequence"),
     ("flows.knative.dev", "Parallel"),
     ("serving.knative.dev", "Service"),
+    ("messaging.knative.dev", "InMemoryChannel"),
+    ("messaging.knative.dev", "KafkaChannel"),
 }
 
 
@@ -300,6 +330,8 @@ def _add(manifests: Manifests, document: dict[str, Any], namespace_override: str
         "Sequence": manifests.sequences,
         "Parallel": manifests.parallels,
         "Service": manifests.services,
+        "InMemoryChannel": manifests.channels,
+        "KafkaChannel": manifests.channels,
     }[kind]
     if key in table:
         raise ManifestError(f"{where} is defined twice")
@@ -307,6 +339,50 @@ def _add(manifests: Manifests, document: dict[str, Any], namespace_override: str
         table[key] = _BUILDERS[kind](namespace, name, spec)
     except ManifestError as e:
         raise ManifestError(f"{where}: {e}") from None
+    annotations = metadata.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise ManifestError(f"{where}: metadata.annotations must be a mapping")
+    if kind == "Broker":
+        table[key] = replace(table[key], asynchronous=broker_is_asynchronous(annotations))
+    elif kind == "InMemoryChannel":
+        table[key] = replace(table[key], asynchronous=_go_true(annotations.get(ASYNC_HANDLER)))
+
+
+BROKER_CLASS = "eventing.knative.dev/broker.class"
+CHANNEL_BASED = "MTChannelBasedBroker"
+ASYNC_HANDLER = "messaging.knative.dev/async-handler"
+IN_MEMORY_CHANNEL = "InMemoryChannel"
+
+
+def broker_is_asynchronous(annotations: Mapping[str, Any]) -> bool:
+    """Whether a Broker's ingress answers 202 before its Triggers are served.
+
+    The channel-based broker (the default class) hands each event to its channel, an
+    InMemoryChannel, which fans out synchronously unless it carries
+    `messaging.knative.dev/async-handler` (parsed as Go's strconv.ParseBool: anything else is
+    false); the Broker copies its `messaging.knative.dev/*` annotations onto that channel
+    (knative/eventing pkg/reconciler/broker/broker.go). Another class (the Kafka broker)
+    persists the event first and answers at once.
+    """
+    if str(annotations.get(BROKER_CLASS) or CHANNEL_BASED) != CHANNEL_BASED:
+        return True
+    return _go_true(annotations.get(ASYNC_HANDLER))
+
+
+def _go_true(value: Any) -> bool:
+    """Go's strconv.ParseBool, an error counting as false (as the IMC dispatcher reads it)."""
+    return str(value) in ("1", "t", "T", "TRUE", "true", "True")
+
+
+def channel_is_asynchronous(kind: str | None) -> bool:
+    """Whether the channels a Sequence or Parallel makes from its channelTemplate answer first.
+
+    The template holds only apiVersion, kind and spec (knative/eventing
+    pkg/apis/messaging/v1/channel_template_types.go): no annotation reaches an InMemoryChannel
+    made from it, so it is synchronous, unless the manifests declare the channel themselves
+    (`Manifests.channel_mode`). Any other kind (KafkaChannel) persists first.
+    """
+    return (kind or IN_MEMORY_CHANNEL) != IN_MEMORY_CHANNEL
 
 
 def _broker(namespace: str, name: str, spec: dict[str, Any]) -> Broker:
@@ -357,6 +433,7 @@ def _sequence(namespace: str, name: str, spec: dict[str, Any]) -> Sequence:
         steps,
         _channel_delivery(spec, namespace),
         _optional_destination(spec.get("reply"), namespace, "spec.reply"),
+        str((spec.get("channelTemplate") or {}).get("kind") or IN_MEMORY_CHANNEL),
     )
 
 
@@ -384,11 +461,20 @@ def _parallel(namespace: str, name: str, spec: dict[str, Any]) -> Parallel:
         branches,
         _channel_delivery(spec, namespace),
         _optional_destination(spec.get("reply"), namespace, "spec.reply"),
+        str((spec.get("channelTemplate") or {}).get("kind") or IN_MEMORY_CHANNEL),
     )
 
 
 def _service(namespace: str, name: str, spec: dict[str, Any]) -> str:
     return name
+
+
+def _channel(kind: str) -> Callable[[str, str, dict[str, Any]], Channel]:
+    def build(namespace: str, name: str, spec: dict[str, Any]) -> Channel:
+        delivery = _delivery(spec.get("delivery"), namespace, "spec.delivery")
+        return Channel(namespace, name, kind, delivery, asynchronous=kind != IN_MEMORY_CHANNEL)
+
+    return build
 
 
 _BUILDERS: dict[str, Callable[[str, str, dict[str, Any]], Any]] = {
@@ -397,6 +483,8 @@ _BUILDERS: dict[str, Callable[[str, str, dict[str, Any]], Any]] = {
     "Sequence": _sequence,
     "Parallel": _parallel,
     "Service": _service,
+    "InMemoryChannel": _channel("InMemoryChannel"),
+    "KafkaChannel": _channel("KafkaChannel"),
 }
 
 

@@ -17,17 +17,25 @@ at once, not a silent loss. Destinations resolve as in Knative: a Service ref ->
 Broker ref -> this runner's ingress `/<namespace>/<broker>`; a Sequence -> its channel 0; a
 Parallel -> its ingress channel; `uri` alone -> as written; `ref` + relative `uri` -> joined.
 
-The model is the production one, not IMC's synchronous default (semantics §2): the ingress
-answers 202 as soon as the event is accepted and delivers it afterwards, from a pool of worker
-threads, so a producer never waits for (or learns about) a subscriber's failure. What is pending
-lives in memory: a stopped runner forgets it (logging each delivery it abandons), as a deleted
-in-memory channel does. A delivery waiting to retry holds no worker: the clock calls it back when
-its backoff is over and it queues for the next free worker (`workers`, 64 by default, bounds how
-many attempts are under way at once), so deliveries retrying against a dead service never hold
-up those of a healthy one.
+Each broker and channel delivers as the manifests make it on a cluster (docs/local-runner.md):
+- asynchronous (a Broker annotated `messaging.knative.dev/async-handler: "true"`, another
+  broker class, a declared InMemoryChannel with that annotation that a Sequence adopts, a
+  KafkaChannel): the ingress answers 202 as soon as the event is accepted and delivers it
+  afterwards, from a pool of worker threads, so a producer never waits for (or learns about) a
+  subscriber's failure;
+- synchronous (an InMemoryChannel without it, which is what a Broker or a Sequence gets by
+  default): the ingress answers only once every delivery has finished, retries and dead letters
+  included: 202, or 500 when one failed without a dead-letter sink. A caller that closes its
+  connection first cancels the fan-out: requests in flight are aborted (which cancels a
+  synchronous channel below in turn), and nothing is retried, forwarded or dead-lettered.
+What is pending lives in memory: a stopped runner forgets it (logging each delivery it
+abandons), as a deleted in-memory channel does. A delivery waiting to retry holds no worker:
+the clock calls it back when its backoff is over and it queues for the next free worker
+(`workers`, 64 by default, bounds how many attempts are under way at once), so deliveries
+retrying against a dead service never hold up those of a healthy one.
 
 Not modelled: `cesql` filters (refused when loading, see filters.py), `retryAfterMax` (a feature
-Knative ships disabled), TLS and auth on hops, IMC's synchronous mode, kustomize patches.
+Knative ships disabled), TLS and OIDC on hops, kustomize patches.
 
 Ingress (`POST /<namespace>/<broker>`, also with a trailing `/`): binary and structured events
 are accepted with 202 and an empty body; a batch, a non-CloudEvent, a blank or missing
@@ -47,8 +55,10 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -56,7 +66,8 @@ from urllib.parse import urljoin
 
 from imagerec.events import BadEvent
 from imagerec.logs import event_fields
-from workflows.delivery import TTL, Clock, Dispatcher, Hop, Stopped, Waits, WallClock
+from workflows.connections import Cancel
+from workflows.delivery import TTL, Cancelled, Clock, Dispatcher, Hop, Stopped, Waits, WallClock
 from workflows.manifests import (
     BROKER_DEFAULT_DELIVERY,
     Delivery,
@@ -72,6 +83,7 @@ from workflows.wire import Event, check_receivable, decode
 log = logging.getLogger("workflows.runner")
 
 MAX_TTL = 255
+FANOUT_TIMEOUT = 15 * 60.0  # pkg/channel/fanout/fanout_event_handler.go defaultTimeout
 CHANNELS = "channels"
 _OPTIONS_HEADERS = {
     "Allow": "POST, OPTIONS",
@@ -99,6 +111,27 @@ class Server:
         self.stop()
 
 
+class _FanOut:
+    """A synchronous channel's fan-out of one event: its caller waits until every delivery has
+    finished, and cancelling it aborts them all (Knative passes the request's context down)."""
+
+    def __init__(self, count: int) -> None:
+        self._lock = threading.Lock()
+        self._remaining = count
+        self.failed = False
+        self.done = threading.Event()
+        self.cancel = Cancel()
+        if count == 0:
+            self.done.set()
+
+    def finished(self, ok: bool) -> None:
+        with self._lock:
+            self._remaining -= 1
+            self.failed = self.failed or not ok
+            if self._remaining == 0:
+                self.done.set()
+
+
 @dataclass(eq=False)  # kept in a set by identity
 class _Delivery:
     """One subscription's delivery of one event, between the steps a worker runs."""
@@ -106,6 +139,7 @@ class _Delivery:
     hop: Hop
     event: Event
     waits: Waits  # Dispatcher.deliver(hop, event), resumed after each wait
+    fan_out: _FanOut | None = None  # a synchronous channel's, else None (runs on the pool)
 
 
 class Runner:
@@ -139,6 +173,9 @@ class Runner:
         self._base_url: str | None = None
         self._brokers: dict[Key, list[tuple[Trigger, Hop]]] = {}
         self._channels: dict[Key, list[Hop]] = {}
+        self._asynchronous: dict[Key, bool] = {}  # per broker and per channel, from the manifests
+        self._fan_outs: set[_FanOut] = set()  # the synchronous ones under way, under _idle
+        self.fanout_timeout = FANOUT_TIMEOUT
         self._check_destinations()
 
     @classmethod
@@ -182,6 +219,9 @@ class Runner:
                     return
                 self._stopping.set()
                 waiting, self._waiting = self._waiting, set()
+                fan_outs = list(self._fan_outs)
+            for fan_out in fan_outs:
+                fan_out.cancel.cancel()
             httpd.shutdown()
             httpd.server_close()
             self._dispatcher.connections.close()
@@ -205,12 +245,19 @@ class Runner:
             if not self._idle.wait_for(lambda: self._pending == 0, timeout):
                 raise TimeoutError(f"{self._pending} delivery(ies) still pending after {timeout}s")
 
+    def asynchronous(self, namespace: str, name: str) -> bool:
+        """Whether this broker or channel answers before delivering (from the manifests)."""
+        return self._asynchronous[(namespace, name)]
+
     def broker_url(self, namespace: str, name: str) -> str:
         return self._require_base() + _broker_path(namespace, name)
 
     def describe(self) -> list[str]:
         """The routing table in words, one line per Trigger, Sequence and Parallel."""
         lines = []
+        for (namespace, name), asynchronous in self._asynchronous.items():
+            mode = "asynchronous" if asynchronous else "synchronous (answers after delivering)"
+            lines.append(f"{namespace}/{name}: {mode}")
         for trigger in self.manifests.triggers.values():
             lines.append(
                 f"trigger {trigger.name}: broker {trigger.broker} [{trigger.filter_text}] "
@@ -267,8 +314,9 @@ class Runner:
     def _wire(self) -> None:
         """Turn every subscription of the manifests into a Hop, now that our own URL is known."""
         manifests = self.manifests
-        for key in manifests.brokers:
+        for key, broker in manifests.brokers.items():
             self._brokers[key] = []
+            self._asynchronous[key] = broker.asynchronous
         for trigger in manifests.triggers.values():
             broker = manifests.brokers[(trigger.namespace, trigger.broker)]
             # A Trigger's delivery replaces the Broker's as a whole; only the DLS falls back (§4).
@@ -290,13 +338,18 @@ class Runner:
                     reply_to = self._channel_url(ns, sequence.channel(i + 1))
                 else:
                     reply_to = self.resolve(sequence.reply) if sequence.reply else None
-                self._channels[(ns, sequence.channel(i))] = [
+                channel = sequence.channel(i)
+                asynchronous, channel_delivery = manifests.channel_mode(
+                    ns, channel, sequence.channel_kind, sequence.channel_delivery
+                )
+                self._asynchronous[(ns, channel)] = asynchronous
+                self._channels[(ns, channel)] = [
                     self._channel_hop(
                         f"sequence {sequence.name} step {i}",
                         ns,
                         step.destination,
                         step.delivery,
-                        sequence.channel_delivery,
+                        channel_delivery,
                         reply_to,
                     )
                 ]
@@ -305,15 +358,19 @@ class Runner:
             ingress: list[Hop] = []
             for i, branch in enumerate(parallel.branches):
                 reply = branch.reply or parallel.reply
+                asynchronous, channel_delivery = manifests.channel_mode(
+                    ns, parallel.branch_channel(i), parallel.channel_kind, parallel.channel_delivery
+                )
                 subscriber = self._channel_hop(
                     f"parallel {parallel.name} branch {i}",
                     ns,
                     branch.subscriber,
                     branch.delivery,
-                    parallel.channel_delivery,
+                    channel_delivery,
                     self.resolve(reply) if reply else None,
                 )
                 self._channels[(ns, parallel.branch_channel(i))] = [subscriber]
+                self._asynchronous[(ns, parallel.branch_channel(i))] = asynchronous
                 if branch.filter is None:
                     ingress.append(subscriber)
                     continue
@@ -330,6 +387,9 @@ class Runner:
                     )
                 )
             self._channels[(ns, parallel.ingress_channel)] = ingress
+            self._asynchronous[(ns, parallel.ingress_channel)] = manifests.channel_mode(
+                ns, parallel.ingress_channel, parallel.channel_kind, parallel.channel_delivery
+            )[0]
 
     def _channel_hop(
         self,
@@ -372,9 +432,19 @@ class Runner:
     # -- ingress -----------------------------------------------------------------------------
 
     def receive(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        caller_gone: Callable[[], bool] = lambda: False,
     ) -> tuple[int, dict[str, str], str]:
         """Answer one HTTP request to the ingress or a channel: status, headers, body text.
+
+        An asynchronous broker or channel answers 202 once the event is accepted. A synchronous
+        one answers only when every delivery has finished: 202, or 500 if one failed without a
+        dead-letter sink; if `caller_gone()` turns true meanwhile, the fan-out is cancelled and
+        the status is 0 (nobody to answer).
 
         The body is empty, as Knative's, except where the runner refuses what Knative would
         take and then lose (an event no subscriber can receive, a foreign event on an
@@ -408,8 +478,7 @@ class Runner:
                 message = f"source {event.get('source')!r} may not send to an internal channel"
                 log.warning("refused %s: %s: %s", path, event, message, extra=event_fields(event))
                 return 403, {}, message + "\n"
-            self._fan_out(event, hops)
-            return 202, {}, ""
+            return self._fan_out((segments[1], segments[2]), event, hops, caller_gone)
         key = (segments[0], segments[1])
         if key not in self._brokers:
             return 404, {}, ""
@@ -425,15 +494,43 @@ class Runner:
         arrival = self.clock.now().isoformat().replace("+00:00", "Z")
         event = event.with_attributes(knativearrivaltime=arrival, **{TTL: str(ttl)})
         triggered = [hop for trigger, hop in self._brokers[key] if _passes(trigger, event)]
-        self._fan_out(event, triggered)
-        return 202, {}, ""
+        return self._fan_out(key, event, triggered, caller_gone)
 
     def _trusted(self, event: Event) -> bool:
         return self.trusted_sources is None or event.get("source") in self.trusted_sources
 
-    def _fan_out(self, event: Event, hops: Iterable[Hop]) -> None:
-        for hop in hops:
-            self._submit(_Delivery(hop, event, self._dispatcher.deliver(hop, event)))
+    def _fan_out(
+        self, key: Key, event: Event, hops: list[Hop], caller_gone: Callable[[], bool]
+    ) -> tuple[int, dict[str, str], str]:
+        if self._asynchronous[key]:
+            for hop in hops:
+                self._submit(_Delivery(hop, event, self._dispatcher.deliver(hop, event)))
+            return 202, {}, ""
+        fan_out = _FanOut(len(hops))
+        with self._idle:
+            self._fan_outs.add(fan_out)
+        try:
+            for hop in hops:
+                waits = self._dispatcher.deliver(hop, event, fan_out.cancel)
+                self._submit(_Delivery(hop, event, waits, fan_out))
+            # Knative's fan-out gives up waiting after 15 minutes (and lets the deliveries go on).
+            deadline = time.monotonic() + self.fanout_timeout
+            while not fan_out.done.wait(0.05):
+                if caller_gone() or self._stopping.is_set():
+                    log.info(
+                        "%s: the caller went away: fan-out cancelled",
+                        event,
+                        extra=event_fields(event),
+                    )
+                    fan_out.cancel.cancel()
+                    return 0, {}, ""
+                if time.monotonic() > deadline:
+                    log.error("%s: fan-out timed out", event, extra=event_fields(event))
+                    return 500, {}, ""
+            return (500 if fan_out.failed else 202), {}, ""
+        finally:
+            with self._idle:
+                self._fan_outs.discard(fan_out)
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -442,7 +539,8 @@ class Runner:
             stopping = self._stopping.is_set()
             if not stopping:
                 self._pending += 1
-                self._tasks.put(delivery)
+        if not stopping:
+            self._schedule(delivery)
         if stopping:  # no worker is left to run it
             log.warning(
                 "%s: %s not delivered: the runner is stopping",
@@ -450,6 +548,15 @@ class Runner:
                 delivery.event,
                 extra=event_fields(delivery.event),
             )
+
+    def _schedule(self, delivery: _Delivery) -> None:
+        """Queue a delivery's next step for a worker; a synchronous fan-out's runs on a thread of
+        its own (as a goroutine in Knative): it may wait for a chain of synchronous hops below it,
+        and on the bounded pool such waits could take every worker."""
+        if delivery.fan_out is None:
+            self._tasks.put(delivery)
+        else:
+            threading.Thread(target=self._step, args=(delivery,), daemon=True).start()
 
     def _work(self) -> None:
         while (delivery := self._tasks.get()) is not None:
@@ -459,11 +566,20 @@ class Runner:
         """Run a delivery's attempts up to its next wait, and leave that wait to the clock."""
         try:
             wait = next(delivery.waits)
-        except StopIteration:
-            self._finished()
+        except StopIteration as done:
+            self._finished(delivery, bool(done.value))
             return
         except Stopped:
             self._abandon(delivery)
+            return
+        except Cancelled:
+            log.info(
+                "%s: %s cancelled: its caller went away",
+                delivery.hop.name,
+                delivery.event,
+                extra=event_fields(delivery.event),
+            )
+            self._finished(delivery, False)
             return
         except Exception:
             log.exception(
@@ -472,7 +588,7 @@ class Runner:
                 delivery.event,
                 extra=event_fields(delivery.event),
             )
-            self._finished()
+            self._finished(delivery, False)
             return
         with self._idle:
             stopping = self._stopping.is_set()
@@ -489,7 +605,9 @@ class Runner:
         with self._idle:
             if delivery in self._waiting:  # else stop() has abandoned it meanwhile
                 self._waiting.remove(delivery)
-                self._tasks.put(delivery)
+            else:
+                return
+        self._schedule(delivery)
 
     def _abandon(self, delivery: _Delivery) -> None:
         delivery.waits.close()
@@ -499,9 +617,11 @@ class Runner:
             delivery.event,
             extra=event_fields(delivery.event),
         )
-        self._finished()
+        self._finished(delivery, False)
 
-    def _finished(self) -> None:
+    def _finished(self, delivery: _Delivery, ok: bool) -> None:
+        if delivery.fan_out is not None:
+            delivery.fan_out.finished(ok)
         with self._idle:
             self._pending -= 1
             self._idle.notify_all()
@@ -581,9 +701,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"Connection": "close"}, f"{e}\n")
             return
         status, headers, message = self.runner.receive(
-            self.command, self.path, dict(self.headers), body
+            self.command, self.path, dict(self.headers), body, self._caller_gone
         )
+        if status == 0:  # cancelled: the caller closed the connection
+            self.close_connection = True
+            return
         self._send(status, headers, message)
+
+    def _caller_gone(self) -> bool:
+        """Whether the client closed its end (what cancels a Go handler's request context)."""
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def _send(self, status: int, headers: Mapping[str, str], message: str) -> None:
         content = message.encode()

@@ -28,6 +28,7 @@ import yaml
 
 from imagerec.events import encode, new_event
 from workflows.delivery import Clock
+from workflows.manifests import ASYNC_HANDLER
 from workflows.runner import Runner, Server
 
 
@@ -220,8 +221,14 @@ def _document(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def broker(name: str = "default", delivery: dict[str, Any] | None = None) -> dict[str, Any]:
-    return _document("Broker", name, {"delivery": delivery})
+def broker(
+    name: str = "default", delivery: dict[str, Any] | None = None, asynchronous: bool = True
+) -> dict[str, Any]:
+    """A Broker; asynchronous (the annotation on) unless told otherwise, as knative/ deploys."""
+    document = _document("Broker", name, {"delivery": delivery})
+    if asynchronous:
+        document["metadata"]["annotations"] = {ASYNC_HANDLER: "true"}
+    return document
 
 
 def trigger(
