@@ -341,6 +341,13 @@ def test_overlapping_box_labels_stay_readable_and_inside_the_photo(
             assert apart, f"labels overlap: {a} {b}"
     no_sideways_scroll(page, "photo page with boxes")
     shot(page, "gallery-boxes-phone")
+    # A label is a link: the album, filtered by it.
+    chip = page.locator("#photo-labels .label-chip[data-label='Dog']")
+    chip.focus()
+    expect(page.locator("#photo-stage .box[data-label='Person']")).to_have_class(re.compile("dim"))
+    page.keyboard.press("Enter")
+    expect(page.locator("#filter-note")).to_contain_text("Dog")
+    expect(tiles(page)).to_have_count(1)
     context.close()
 
 

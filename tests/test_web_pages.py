@@ -192,6 +192,9 @@ def test_album_page_carries_what_its_script_needs(ann):
     assert f'data-images-url="/api/albums/{album_id}/images"' in page
     assert f'data-upload-url="/api/albums/{album_id}/images"' in page
     assert '<template id="photo-card-template">' in page
+    assert (
+        '<script type="application/json" id="first-page">{"images": [], "nextCursor": null}' in page
+    )
     assert 'id="file-input"' in page and "multiple" in page
     assert '<script src="/static/album.js">' in page
     csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)

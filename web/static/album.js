@@ -646,8 +646,20 @@
   });
   document.getElementById("sort-button").hidden = true;
 
+  // The page came with its first page of photos; without it (an old cached page), ask.
+  function firstPage() {
+    const data = document.getElementById("first-page");
+    if (!data) return loadPage(null);
+    const page = JSON.parse(data.textContent);
+    nextCursor = page.nextCursor || null;
+    merge(page.images, false);
+    loading = false;
+    render();
+    return Promise.resolve();
+  }
+
   (async () => {
-    await loadPage(null);
+    await firstPage();
     performance.mark("gallery-ready"); // the first screen is in the page (tests read this)
     refreshAlbum();
     await restorePosition();
