@@ -9,6 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_DETECTOR_MODEL = "https://tfhub.dev/google/openimages_v4/ssd/mobilenet_v2/1"
+# How long a photo may sit in uploaded/processing while Knative may still be retrying its work:
+# the retry budget of knative/'s longest path, every attempt of every hop timing out, plus a
+# margin (workflows.manifests.stuck_threshold; tests/test_reconciler.py fails when the manifests
+# change it: put the figure it prints here).
+DEFAULT_STUCK_AFTER_SECONDS = 12017.0
 
 
 @dataclass(frozen=True)
@@ -55,5 +60,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         thumbnail_size=int(env.get("IMAGEREC_THUMBNAIL_SIZE", "256")),
         max_image_pixels=int(env.get("IMAGEREC_MAX_IMAGE_PIXELS", str(50_000_000))),
         max_upload_bytes=int(env.get("IMAGEREC_MAX_UPLOAD_BYTES", str(30 * 1024 * 1024))),
-        stuck_after_seconds=float(env.get("IMAGEREC_STUCK_AFTER_SECONDS", "300")),
+        stuck_after_seconds=stuck_after_seconds(env),
     )
+
+
+def stuck_after_seconds(env: Mapping[str, str] | None = None) -> float:
+    """When the reconciler re-sends a photo's work, and the web offers to retry it: never while
+    Knative may still be retrying it (DEFAULT_STUCK_AFTER_SECONDS), unless
+    IMAGEREC_STUCK_AFTER_SECONDS says otherwise."""
+    env = os.environ if env is None else env
+    return float(env.get("IMAGEREC_STUCK_AFTER_SECONDS") or DEFAULT_STUCK_AFTER_SECONDS)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 
+from imagerec.config import DEFAULT_STUCK_AFTER_SECONDS, load_settings, stuck_after_seconds
 from imagerec.events import UPLOADED, event_data
 from imagerec.models import Album, Image, Status, User
 from tests.recording_sink import RecordingSink
+from workflows.manifests import STUCK_MARGIN, load_manifests, retry_budget, stuck_threshold
 from workflows.reconciler import resend_stuck
+from workflows.testing import broker, ref, sequence, trigger
 
 AGO = datetime.now(UTC) - timedelta(hours=1)
 
@@ -128,3 +133,73 @@ def test_one_refused_photo_does_not_hold_up_the_others(backend):
         assert [e["subject"] for e in sink.events] == ["img0", "img1"]
     finally:
         sink.close()
+
+
+# -- the stuck threshold: the manifests' retry budget ------------------------------------------
+
+KNATIVE = Path(__file__).resolve().parents[1] / "knative"
+
+
+def test_the_default_stuck_threshold_is_the_deployed_manifests_retry_budget():
+    derived = stuck_threshold(load_manifests(KNATIVE))
+    assert derived == DEFAULT_STUCK_AFTER_SECONDS, (
+        f"knative/ now gives {derived}: set imagerec.config.DEFAULT_STUCK_AFTER_SECONDS to it"
+    )
+    assert stuck_after_seconds({}) == derived
+
+
+def test_the_setting_overrides_the_derived_threshold_for_the_reconciler_and_the_web():
+    env = {"IMAGEREC_STUCK_AFTER_SECONDS": "90"}
+    assert stuck_after_seconds(env) == 90.0
+    assert load_settings(env).stuck_after_seconds == 90.0
+    assert load_settings({}).stuck_after_seconds == DEFAULT_STUCK_AFTER_SECONDS
+
+
+def _write(tmp_path, documents) -> Path:
+    (tmp_path / "routing.yaml").write_text(yaml.safe_dump_all(documents))
+    return tmp_path
+
+
+def test_the_budget_sums_every_leg_of_every_hop_on_the_longest_path(tmp_path):
+    retries = {"retry": 2, "backoffPolicy": "exponential", "backoffDelay": "PT1S"}
+    dls = {"deadLetterSink": ref("dead")}
+    documents = [
+        broker(),
+        # 3 attempts x 10 s + waits 1 + 2 = 33 s per leg; call, reply and dead letter legs.
+        trigger("first", ref("a"), {"type": "x"}, delivery={**retries, "timeout": "PT10S", **dls}),
+        # A Sequence: the Trigger's hop has no reply leg (the channel answers with no body).
+        trigger("second", ref("seq", "Sequence"), {"type": "y"}, delivery={"timeout": "PT5S"}),
+        sequence(
+            "seq",
+            [
+                {**ref("b"), "delivery": {"timeout": "PT20S", "retry": 1}},  # 2 x 20, + reply
+                {**ref("c"), "delivery": {"timeout": "PT7S"}},  # last step, no reply: 7
+            ],
+        ),
+    ]
+    manifests = load_manifests(_write(tmp_path, documents))
+    first = 33 * 3
+    second = 5 + (40 * 2) + 7
+    assert retry_budget(manifests) == first + second
+    assert stuck_threshold(manifests) == first + second + STUCK_MARGIN
+
+
+def test_a_hop_without_timeout_counts_the_services_request_limit(tmp_path):
+    manifests = load_manifests(_write(tmp_path, [broker(), trigger("t", ref("a"))]))
+    # No delivery anywhere: the Broker default (10 retries, exponential PT0.2S), 300 s each,
+    # the call and the reply legs (no dead-letter sink).
+    waits = sum(0.2 * 2 ** (k - 1) for k in range(1, 11))
+    assert retry_budget(manifests) == pytest.approx(2 * (11 * 300 + waits))
+
+
+def test_the_reconciler_leaves_work_younger_than_the_threshold(backend, sink):
+    threshold = timedelta(seconds=stuck_after_seconds({}))
+    now = datetime.now(UTC)
+    _images(
+        backend,
+        (Status.PROCESSING, now - threshold + timedelta(minutes=1)),
+        (Status.PROCESSING, now - threshold - timedelta(minutes=1)),
+    )
+    with backend.session() as session:
+        sent = resend_stuck(session, sink.url, threshold, now=now)
+    assert sent == ["img1"]

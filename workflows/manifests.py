@@ -595,3 +595,103 @@ def _duration(raw: Any, where: str) -> float | None:
         return parse_duration(str(raw))
     except ValueError as e:
         raise ManifestError(f"{where}: {e}") from None
+
+
+# -- how long Knative may keep working on one event -------------------------------------------
+
+# A hop without `timeout` is bounded by its Knative Service's request limit (timeoutSeconds,
+# 300 by default); the runner uses the same figure (delivery.py DEFAULT_TIMEOUT).
+DEFAULT_HOP_TIMEOUT = 300.0
+STUCK_MARGIN = 60.0
+
+
+def leg_budget(delivery: Delivery) -> float:
+    """The longest one leg of a hop can take: every attempt timing out, and every backoff."""
+    timeout = delivery.timeout or DEFAULT_HOP_TIMEOUT
+    waits = sum(delivery.wait_before_retry(k) for k in range(1, delivery.attempts))
+    return delivery.attempts * timeout + waits
+
+
+def hop_budget(delivery: Delivery, replies: bool, dead_letters: bool) -> float:
+    """A hop's worst case: the call, then forwarding its reply, then the dead letter, each with
+    all its retries (a reply that cannot be forwarded sends the event to the dead-letter sink)."""
+    return leg_budget(delivery) * (1 + replies + dead_letters)
+
+
+def retry_budget(manifests: Manifests) -> float:
+    """The longest an event's work can stay in Knative's hands while it is still retried.
+
+    Summed along the longest path an event can take from any Broker: a Trigger's hop, the steps
+    of a Sequence (or the branches of a Parallel) it feeds, and, where a reply comes back to a
+    Broker, the longest path on from there through Triggers not yet on the path. The reconciler
+    waits at least this long (plus STUCK_MARGIN) before it sends a photo's work again.
+    """
+    return max(
+        (_from_broker(manifests, key, frozenset()) for key in manifests.brokers), default=0.0
+    )
+
+
+def _from_broker(manifests: Manifests, key: Key, used: frozenset[Key]) -> float:
+    broker = manifests.brokers[key]
+    longest = 0.0
+    for trigger_key, trigger in manifests.triggers.items():
+        if (trigger.namespace, trigger.broker) != key or trigger_key in used:
+            continue
+        delivery = trigger.delivery or broker.delivery or BROKER_DEFAULT_DELIVERY
+        dead_letters = _dead_letter_sink(trigger.delivery, broker.delivery) is not None
+        ref = trigger.subscriber.ref
+        flow = ref is not None and ref.kind in ("Sequence", "Parallel")
+        # A channel answers a Trigger with no body: only a service's reply comes back.
+        total = hop_budget(delivery, replies=not flow, dead_letters=dead_letters)
+        path = used | {trigger_key}
+        if flow:
+            assert ref is not None
+            inside, reply = _flow(manifests, ref.kind, (ref.namespace, ref.name))
+            total += inside
+            if reply is not None and reply.ref is not None and reply.ref.kind == "Broker":
+                total += _from_broker(manifests, (reply.ref.namespace, reply.ref.name), path)
+        else:
+            total += _from_broker(manifests, key, path)
+        longest = max(longest, total)
+    return longest
+
+
+def _flow(manifests: Manifests, kind: str, key: Key) -> tuple[float, Destination | None]:
+    """A Sequence's (or Parallel's) own worst case, and where its result goes."""
+    if kind == "Sequence":
+        sequence = manifests.sequences[key]
+        total = 0.0
+        for i, step in enumerate(sequence.steps):
+            _, channel_delivery = manifests.channel_mode(
+                sequence.namespace,
+                sequence.channel(i),
+                sequence.channel_kind,
+                sequence.channel_delivery,
+            )
+            delivery = step.delivery or channel_delivery or Delivery()
+            replies = i < len(sequence.steps) - 1 or sequence.reply is not None
+            dead_letters = _dead_letter_sink(step.delivery, channel_delivery) is not None
+            total += hop_budget(delivery, replies, dead_letters)
+        return total, sequence.reply
+    parallel = manifests.parallels[key]
+    longest = 0.0
+    for branch in parallel.branches:
+        delivery = branch.delivery or parallel.channel_delivery or Delivery()
+        dead_letters = _dead_letter_sink(branch.delivery, parallel.channel_delivery) is not None
+        total = hop_budget(delivery, True, dead_letters)
+        if branch.filter is not None:
+            total += hop_budget(parallel.channel_delivery or Delivery(), True, dead_letters)
+        longest = max(longest, total)
+    return longest, parallel.reply
+
+
+def _dead_letter_sink(own: Delivery | None, fallback: Delivery | None) -> Destination | None:
+    for delivery in (own, fallback):
+        if delivery is not None and delivery.dead_letter_sink is not None:
+            return delivery.dead_letter_sink
+    return None
+
+
+def stuck_threshold(manifests: Manifests) -> float:
+    """Seconds after which no event of the pipeline can still be in Knative's retries."""
+    return retry_budget(manifests) + STUCK_MARGIN
