@@ -675,6 +675,7 @@ def test_a_long_album_loads_more_as_it_scrolls(page: Page, web: WebOnly) -> None
 def test_an_album_polls_only_while_something_is_in_flight(page: Page, web: WebOnly) -> None:
     user = sign_up(page, web)
     create_album(page, "Quiet")
+    web.add_many(user, "Quiet", 40)
     web.add_photo(user, "Quiet", "still.jpg")
     calls: list[str] = []
     page.on("request", lambda r: calls.append(r.url) if "/api/" in r.url else None)
@@ -686,13 +687,22 @@ def test_an_album_polls_only_while_something_is_in_flight(page: Page, web: WebOn
     assert len(calls) == loaded, calls[loaded:]  # all is done: nothing to watch
 
     busy = web.add_photo(user, "Quiet", "busy.jpg", Status.PROCESSING)
+    answers: list[dict] = []
+    page.on("response", lambda r: answers.append(r.json()) if "/changes" in r.url else None)
     page.reload()
     gallery_ready(page)
-    expect(page.locator("#album")).to_have_attribute("data-polls", "2", timeout=15_000)
+    expect(page.locator("#album")).to_have_attribute("data-polls", "3", timeout=15_000)
+    # Watching costs next to nothing: the change feed carries only what was just written (it
+    # repeats the last minute's writes), never the album's 40 settled photos.
+    assert len(answers) >= 3
+    sent = {i["fileName"] for a in answers for i in a["images"]}
+    assert sent <= {"still.jpg", "busy.jpg"}, sent
     set_status(web, busy, Status.DONE)
     expect(tile(page, "busy.jpg")).to_have_attribute("data-status", "done", timeout=15_000)
-    expect(page.locator("#album-summary")).to_contain_text("2 photos")
+    expect(page.locator("#album-summary")).to_have_text("42 photos")
     page.wait_for_timeout(1000)
+    assert any(i["id"] == busy for a in answers for i in a["images"])
+    assert not [c for c in calls if "/images?" in c and "cursor" not in c][1:], calls
     settled = len(calls)
     page.wait_for_timeout(5000)
     assert len(calls) == settled, calls[settled:]  # nothing in flight any more: quiet again

@@ -1,6 +1,6 @@
 // The album page: a gallery of tiles grouped under day headings, loaded a page at a time from
-// the JSON API (nextCursor), kept live while something is in flight (conditional requests, so an
-// unchanged album costs a 304), uploads with a progress bar per file, and selection of several
+// the JSON API (nextCursor), kept live through the album's change feed only while something is
+// in flight (a quiet album costs nothing), uploads with a progress bar per file, selection of several
 // photos to delete or move. Every word and URL comes from the server (the JSON's display strings
 // and actions, or the template); data is only ever put into the page as text.
 "use strict";
@@ -37,7 +37,6 @@
   const stamps = new Map(); // id -> the JSON last painted on its tile
   let order = []; // ids, in the server's order for this sort
   let nextCursor = null;
-  let etag = null;
   let loading = false;
 
   function listUrl(cursor) {
@@ -167,7 +166,6 @@
       const answer = await imagerec.api(listUrl(cursor));
       if (answer.status === 401 || answer.status === 404) return window.location.reload();
       if (!answer.ok) return;
-      if (!cursor) etag = answer.headers.get("ETag");
       nextCursor = answer.body.nextCursor || null;
       merge(answer.body.images, false);
     } catch (error) {
@@ -196,31 +194,36 @@
   function schedule() {
     clearTimeout(timer);
     timer = null;
-    if (inFlight() && !document.hidden) timer = setTimeout(poll, POLL_MS);
+    // The first call only starts the watch: at once, so no change slips past it.
+    if (inFlight() && !document.hidden) timer = setTimeout(poll, since ? POLL_MS : 0);
   }
 
-  // The first page again, only if it changed (If-None-Match): new uploads and state changes.
+  // The album's change feed: only the photos written since the last call, so a poll of a
+  // quiet album answers next to nothing. The first call only starts the watch.
+  let since = null;
+
+  function changesUrl() {
+    const params = new URLSearchParams({ sort });
+    if (since) params.set("since", since);
+    return root.dataset.changesUrl + "?" + params;
+  }
+
   async function poll() {
     try {
-      const headers = etag ? { "If-None-Match": etag } : {};
-      const answer = await imagerec.api(listUrl(null), { headers });
+      const answer = await imagerec.api(changesUrl());
       if (answer.status === 401 || answer.status === 404) return window.location.reload();
       if (answer.ok) {
-        etag = answer.headers.get("ETag");
-        const changed = answer.body.images.filter((i) => {
-          const before = images.get(i.id);
-          return before && before.status !== i.status;
-        });
-        for (const image of changed) {
-          if (!uploadList.querySelector(`.upload-item[data-image-id="${image.id}"]`)) {
-            imagerec.announce(image.fileName + ": " + image.display.status);
-          }
+        const body = answer.body;
+        const watching = since !== null;
+        since = body.since;
+        if (body.reload) {
+          order = [];
+          nextCursor = null;
+          await loadPage(null);
+        } else if (watching && body.images.length) {
+          apply(body.images);
         }
-        const settled = changed.length > 0;
-        merge(answer.body.images, true);
-        if (nextCursor === null) nextCursor = answer.body.nextCursor || null;
-        render();
-        if (settled) refreshAlbum();
+        if (body.album) refreshAlbum();
       }
       root.dataset.polls = String(Number(root.dataset.polls || 0) + 1);
     } catch (error) {
@@ -229,8 +232,50 @@
     schedule();
   }
 
+  // Changed photos replace theirs in place; new ones (uploaded elsewhere) go first, unless the
+  // album is filtered: the next visit places them.
+  function apply(changed) {
+    const fresh = [];
+    for (const image of changed) {
+      const before = images.get(image.id);
+      if (!before) {
+        if (!label) fresh.push(image);
+        continue;
+      }
+      images.set(image.id, image);
+      const mine = uploadList.querySelector(`.upload-item[data-image-id="${image.id}"]`);
+      if (before.status !== image.status && !mine) {
+        imagerec.announce(image.fileName + ": " + image.display.status);
+      }
+    }
+    if (fresh.length) merge(fresh, true);
+    render();
+  }
+
+  // Back to a tab that was away: the first page again, a 304 when nothing changed meanwhile.
+  let etag = null;
+  async function revalidate() {
+    try {
+      const answer = await imagerec.api(listUrl(null), {
+        headers: etag ? { "If-None-Match": etag } : {},
+      });
+      if (answer.status === 401 || answer.status === 404) return window.location.reload();
+      if (answer.status === 200) {
+        etag = answer.headers.get("ETag");
+        merge(answer.body.images, true);
+        render();
+        refreshAlbum();
+      }
+    } catch (error) {
+      // Offline: the page stays as it is.
+    }
+    schedule();
+  }
+
   document.addEventListener("visibilitychange", () => {
-    if (!document.hidden) schedule();
+    if (document.hidden) return;
+    if (inFlight()) schedule();
+    else revalidate();
   });
 
   // The album's own numbers and labels, as the server counts them.
