@@ -1,7 +1,12 @@
 # One image recipe for every part of imagerec. The Knative manifests (knative/) choose what a
 # container runs: gunicorn for the web, functions-framework for a workflow step.
-# Only the detect-objects image needs TensorFlow: build it with --build-arg EXTRAS=detector.
-FROM python:3.11-slim
+#   web and steps:  docker build --target app .
+#   detect-objects: docker build --target detector --build-arg EXTRAS=detector .
+# Only the detector needs TensorFlow (EXTRAS=detector), and only it carries the SavedModel
+# (stage `model`): by default fetched from the TF Hub handle at build time, or taken from a
+# folder under models/ with --build-arg MODEL=models/<folder> (models/README.md). Either way no
+# pod needs egress. Build with BuildKit: it builds only the stages a target needs.
+FROM python:3.11-slim AS deps
 
 ARG EXTRAS=""
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -22,6 +27,7 @@ print('\n'.join(project['dependencies'] + [r for e in extras for r in project['o
  && pip install --no-cache-dir -c requirements.lock -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
+FROM deps AS app
 COPY README.md ./
 COPY imagerec/ imagerec/
 COPY functions/ functions/
@@ -36,3 +42,18 @@ RUN pip install --no-cache-dir --no-deps . \
 USER 10001
 EXPOSE 8080
 CMD ["gunicorn", "--bind", "0.0.0.0:8080", "web:create_app()"]
+
+# The detector's SavedModel, fetched and checked by knative/build/fetch_model.py (it loads the
+# copy the way functions/detect_objects.py does). Needs EXTRAS=detector for tensorflow_hub.
+FROM deps AS model
+ARG MODEL=https://tfhub.dev/google/openimages_v4/ssd/mobilenet_v2/1
+ENV TFHUB_CACHE_DIR=/tmp/tfhub
+WORKDIR /build
+COPY knative/build/fetch_model.py ./
+COPY models/ models/
+RUN python fetch_model.py "$MODEL" /opt/imagerec/model
+
+FROM app AS detector
+COPY --from=model /opt/imagerec/model /opt/imagerec/model
+# Where the step loads it from (knative/steps.yaml sets the same path).
+ENV IMAGEREC_DETECTOR_MODEL=/opt/imagerec/model

@@ -26,6 +26,10 @@ import yaml
 
 from tests.test_manifests import (
     KNATIVE,
+    STEPS,
+    container,
+    env_of,
+    knative_services,
     kustomization,
     namespace_manifest,
     objects,
@@ -305,3 +309,49 @@ def test_backups_are_documented() -> None:
     readme = (KNATIVE / "README.md").read_text()
     section = readme.split("## Backups", 1)[1].split("\n## ", 1)[0]
     assert "pg_dump" in section and "redis-cli" in section and "--rdb" in section
+
+
+# --- threads and probes ------------------------------------------------------------------------
+
+
+def cpu_cores(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_threads_are_sized_to_the_cpu_limit_and_bound_concurrency(
+    built: list[dict[str, Any]],
+) -> None:
+    # functions-framework's default is 4 threads per core of the node (os.cpu_count()), whatever
+    # the container's CPU limit; Knative's containerConcurrency must not exceed the threads.
+    services = knative_services(built)
+    for name in STEPS:
+        c = container(services[name])
+        spec = services[name]["spec"]["template"]["spec"]
+        threads = int(env_of(c)["THREADS"]["value"])
+        limit = cpu_cores(c["resources"]["limits"]["cpu"])
+        assert threads == spec["containerConcurrency"], name
+        assert 1 <= threads <= 4 * limit, (name, threads, limit)
+        if name == "detect-objects":  # CPU-bound: one request per core
+            assert threads == limit
+    web = container(services["web"])
+    options = dict(a.removeprefix("--").split("=", 1) for a in web["args"] if a.startswith("--"))
+    assert services["web"]["spec"]["template"]["spec"]["containerConcurrency"] == int(
+        options["workers"]
+    ) * int(options["threads"])
+
+
+def test_services_restart_when_their_server_is_gone(built: list[dict[str, Any]]) -> None:
+    services = knative_services(built)
+    for name in STEPS:
+        probe = container(services[name])["livenessProbe"]
+        # TCP: a step's few threads may all be busy for minutes; an HTTP probe would kill it.
+        assert probe["tcpSocket"] == {"port": 8080}, name
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= 30, name
+    web = container(services["web"])["livenessProbe"]
+    assert web["httpGet"]["path"] == "/healthz"
+    for name in ("postgres",):
+        c = one(built, "StatefulSet", name)["spec"]["template"]["spec"]["containers"][0]
+        startup = c["startupProbe"]
+        # Crash recovery may take minutes before the server first answers.
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+        assert "initialDelaySeconds" not in c["livenessProbe"]

@@ -57,7 +57,7 @@ def test_redis_blob_is_one_plain_string(real_backend):
 
 
 def test_a_full_redis_is_unavailable_not_an_error(real_backend):
-    """Redis at maxmemory with noeviction (knative/redis.yaml) refuses writes: a step then
+    """Redis at maxmemory with noeviction (knative/base/redis.yaml) refuses writes: a step then
     answers 503 and Knative retries, rather than failing the photo for good."""
     import redis
 

@@ -45,7 +45,9 @@ from imagerec.events import (
 from tests.conftest import ROOT, SHARED
 
 KNATIVE = ROOT / "knative"
+BASE = KNATIVE / "base"
 KNATIVE_SCHEMAS = SHARED / "schemas" / "knative"
+REPO_SCHEMAS = ROOT / "tests" / "schemas" / "knative"
 SKAFFOLD_SCHEMA = SHARED / "schemas" / "skaffold" / "v4beta14.json"
 NAMESPACE = "imagerec"
 KSVC = "serving.knative.dev/v1"
@@ -96,7 +98,7 @@ def deploy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of knative/ with fresh credentials, as a deployment would see it."""
     folder = tmp_path_factory.mktemp("deploy") / "knative"
     shutil.copytree(KNATIVE, folder, ignore=shutil.ignore_patterns("*.env"))
-    subprocess.run(["sh", str(folder / "secrets" / "generate.sh")], check=True)
+    subprocess.run(["sh", str(folder / "base" / "secrets" / "generate.sh")], check=True)
     return folder
 
 
@@ -242,10 +244,18 @@ def closed(schema: Any, webhook_strict: bool = False, name: str = "") -> Any:
 
 @cache
 def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
-    """(apiVersion, kind) -> a validator for every CRD version in shared/schemas/knative/."""
+    """(apiVersion, kind) -> a validator for every CRD version we have a schema of."""
     validators = {}
-    for path in sorted(KNATIVE_SCHEMAS.rglob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
+    # Upstream's, from shared/schemas/knative/, and the ones this repo adds (EventPolicy,
+    # KafkaChannel: tests/schemas/knative/README.md says where they come from).
+    paths = sorted(KNATIVE_SCHEMAS.rglob("*.yaml")) + sorted(REPO_SCHEMAS.rglob("*.yaml"))
+    crds = [
+        (path, doc)
+        for path in paths
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc["kind"] == "CustomResourceDefinition"
+    ]
+    for path, crd in crds:
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         # Eventing's webhook disallows unknown fields; Serving's does not (semantics §9).
         webhook_strict = path.parent.name == "eventing"
@@ -580,7 +590,7 @@ def test_async_annotation_is_what_the_imc_dispatcher_reads() -> None:
     raw = [
         doc
         for name in ("eventing.yaml", "sequence.yaml")
-        for doc in yaml.safe_load_all((KNATIVE / name).read_text())
+        for doc in yaml.safe_load_all((BASE / name).read_text())
         if doc
     ]
     annotated = {
@@ -747,11 +757,11 @@ def test_the_reconciler_gets_the_broker_address_from_a_sinkbinding(
 
 def test_raw_files_route_as_the_build_does(built: list[dict[str, Any]]) -> None:
     # The local runner reads knative/*.yaml without kustomize: both must say the same.
-    resources = yaml.safe_load((KNATIVE / "kustomization.yaml").read_text())["resources"]
+    resources = yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"]
     raw = [
         doc
         for name in resources
-        for doc in yaml.safe_load_all((KNATIVE / name).read_text())
+        for doc in yaml.safe_load_all((BASE / name).read_text())
         if doc and doc["kind"] in ("Broker", "Trigger", "Sequence")
     ]
     assert len(raw) == 1 + len(TRIGGERS) + 1
@@ -878,7 +888,7 @@ def secret_names_referenced(obj: dict) -> Iterator[tuple[str, str]]:
 
 
 def test_references_reach_the_suffixed_generated_secrets(built: list[dict[str, Any]]) -> None:
-    # Without knative/kustomizeconfig.yaml the Knative Services keep the unsuffixed names.
+    # Without knative/base/kustomizeconfig.yaml the Knative Services keep the unsuffixed names.
     secrets = {s["metadata"]["name"] for s in objects(built, "Secret")}
     assert all(re.fullmatch(r"imagerec-[a-z]+-[a-z0-9]{10}", name) for name in secrets)
     references = [
@@ -895,7 +905,7 @@ def test_kustomizeconfig_renames_secrets_in_every_knative_secret_field(
     deploy_dir: Path, tmp_path: Path
 ) -> None:
     # kustomize's defaults rewrite env secretKeyRefs in any kind, but envFrom and volumes only
-    # in the kinds it knows: a Knative Service using them needs knative/kustomizeconfig.yaml.
+    # in the kinds it knows: a Knative Service using them needs knative/base/kustomizeconfig.yaml.
     folder = tmp_path / "knative"
     shutil.copytree(deploy_dir, folder)
     probe = {
@@ -916,10 +926,10 @@ def test_kustomizeconfig_renames_secrets_in_every_knative_secret_field(
             }
         },
     }
-    (folder / "probe.yaml").write_text(yaml.safe_dump(probe))
-    config = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    (folder / "base" / "probe.yaml").write_text(yaml.safe_dump(probe))
+    config = yaml.safe_load((folder / "base" / "kustomization.yaml").read_text())
     config["resources"].append("probe.yaml")
-    (folder / "kustomization.yaml").write_text(yaml.safe_dump(config))
+    (folder / "base" / "kustomization.yaml").write_text(yaml.safe_dump(config))
     rebuilt = build(folder)
     secrets = {s["metadata"]["name"] for s in objects(rebuilt, "Secret")}
     names = [name for _, name in secret_names_referenced(one(rebuilt, "Service", "probe", KSVC))]
@@ -961,17 +971,19 @@ def test_generated_credentials_agree_and_name_the_cluster_services(
         assert len(password) >= 32
 
     # A second run keeps what exists: PostgreSQL keeps its first password.
-    before = {p.name: p.read_text() for p in (deploy_dir / "secrets").glob("*.env")}
-    subprocess.run(["sh", str(deploy_dir / "secrets" / "generate.sh")], check=True)
-    assert before == {p.name: p.read_text() for p in (deploy_dir / "secrets").glob("*.env")}
+    secrets_dir = deploy_dir / "base" / "secrets"
+    before = {p.name: p.read_text() for p in secrets_dir.glob("*.env")}
+    assert len(before) == 3
+    subprocess.run(["sh", str(secrets_dir / "generate.sh")], check=True)
+    assert before == {p.name: p.read_text() for p in secrets_dir.glob("*.env")}
 
 
 def test_no_credentials_are_committed(built: list[dict[str, Any]]) -> None:
     # What a developer's generate.sh wrote stays out of git; everything else here is committed.
     ignored = subprocess.run(
-        ["git", "check-ignore", "-q", "knative/secrets/app.env"], cwd=ROOT, check=False
+        ["git", "check-ignore", "-q", "knative/base/secrets/app.env"], cwd=ROOT, check=False
     )
-    assert ignored.returncode == 0, "knative/secrets/*.env must be git-ignored"
+    assert ignored.returncode == 0, "knative/base/secrets/*.env must be git-ignored"
     committed = [p for p in KNATIVE.rglob("*") if p.is_file() and not p.match("secrets/*.env")]
     assert len(committed) >= 8
     for path in committed:
@@ -1043,7 +1055,7 @@ def test_migrations_run_as_a_job(built: list[dict[str, Any]]) -> None:
 
 
 def kustomization() -> dict:
-    return yaml.safe_load((KNATIVE / "kustomization.yaml").read_text())
+    return yaml.safe_load((BASE / "kustomization.yaml").read_text())
 
 
 def skaffold() -> dict:
@@ -1123,12 +1135,13 @@ def test_dockerfile_passes_hadolint() -> None:
 
 def test_one_dockerfile_adds_the_detector_extra_only_when_asked() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
-    assert len(re.findall(r"^FROM ", dockerfile, re.M)) == 1
+    # One base image; the other stages build on it (tests/test_model_stage.py checks them).
+    bases = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert bases[0] == "python:3.11-slim" and set(bases[1:]) <= {"deps", "app"}
     assert re.search(r'^ARG EXTRAS=""$', dockerfile, re.M)
     assert "requirements.lock" in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
-    # An allow-list: nothing but the sources and the lock reaches the build context.
+    # An allow-list: nothing but the sources, the lock and the model stage's inputs.
     assert ignored[ignored.index("*") :][0] == "*"
     allowed = {line[1:].rstrip("/") for line in ignored if line.startswith("!")}
     assert allowed == {
@@ -1139,4 +1152,68 @@ def test_one_dockerfile_adds_the_detector_extra_only_when_asked() -> None:
         "functions",
         "web",
         "workflows",
+        "knative/build/fetch_model.py",
+        "models",
     }
+
+
+def skaffold_profile(name: str) -> dict:
+    """skaffold.yaml with profile `name` applied (its JSON patches), as skaffold -p does."""
+    config = skaffold()
+    [profile] = [p for p in config["profiles"] if p["name"] == name]
+    patched = copy.deepcopy({k: v for k, v in config.items() if k != "profiles"})
+    for patch in profile["patches"]:  # RFC 6902, the two operations the profiles use
+        assert patch["op"] in ("add", "replace"), patch
+        *parents, last = patch["path"].lstrip("/").split("/")
+        node = patched
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            node[int(last)] = patch["value"]
+        else:
+            assert (last in node) == (patch["op"] == "replace"), patch
+            node[last] = patch["value"]
+    return {**patched, "portForward": profile.get("portForward", [])}
+
+
+@pytest.mark.parametrize("name", ["kind", "minikube"])
+def test_local_cluster_profiles_build_images_serving_will_not_resolve(name: str) -> None:
+    # Serving resolves tags to digests in the registry, except for kind.local, ko.local and
+    # dev.local (config-deployment registries-skipping-tag-resolving): an unpushed image must
+    # carry one of those names, in what skaffold builds and in what the manifests name.
+    config = skaffold_profile(name)
+    assert config["build"]["local"]["push"] is False
+    built_images = {a["image"] for a in config["build"]["artifacts"]}
+    assert all(i.startswith("dev.local/") for i in built_images), built_images
+    [path] = config["manifests"]["kustomize"]["paths"]
+    overlay = ROOT / path
+    deploy = build_with_credentials(overlay)
+    used = {
+        node.split(":")[0]
+        for o in deploy
+        for p, node in walk(o.get("spec", {}))
+        if p.endswith("/image")
+        and isinstance(node, str)
+        and not node.startswith(("postgres", "redis"))
+    }
+    assert used == built_images
+    # `skaffold dev` forwards the networking layer's gateway, where the web is reached.
+    [forward] = config["portForward"]
+    assert (forward["resourceType"], forward["resourceName"], forward["namespace"]) == (
+        "service",
+        "kourier",
+        "kourier-system",
+    )
+    readme = (KNATIVE / "README.md").read_text()
+    assert f"skaffold dev -p {name}" in readme or "skaffold dev -p kind" in readme
+
+
+def build_with_credentials(folder: Path) -> list[dict[str, Any]]:
+    """kustomize build of an overlay of knative/, in a copy with fresh credentials."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_root = Path(tmp) / "knative"
+        shutil.copytree(KNATIVE, copy_root, ignore=shutil.ignore_patterns("*.env"))
+        subprocess.run(["sh", str(copy_root / "base" / "secrets" / "generate.sh")], check=True)
+        return build(copy_root / folder.relative_to(KNATIVE))

@@ -1,0 +1,268 @@
+"""The variants of knative/: the Kafka overlay (production delivery), the OIDC overlay
+(authenticated senders) and the base's NetworkPolicies, rendered and validated offline.
+
+Each overlay is built with kustomize like the base (tests/test_manifests.py) and validated
+strictly: Knative kinds against their CRD schemas (EventPolicy and KafkaChannel from
+tests/schemas/knative/), built-in kinds with kubernetes-validate. What the overlay changes is
+checked against the base; everything else must stay the same.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.test_manifests import (
+    STEPS,
+    build,
+    crd_errors,
+    is_knative,
+    knative_services,
+    objects,
+    one,
+    walk,
+)
+from tests.test_manifests import deploy_dir as deploy_dir  # noqa: F401 (fixture: one set of credentials)
+
+CLASS = "eventing.knative.dev/broker.class"
+
+
+@pytest.fixture(scope="module")
+def base(deploy_dir: Path) -> list[dict[str, Any]]:
+    return build(deploy_dir / "base")
+
+
+@pytest.fixture(scope="module")
+def kafka(deploy_dir: Path) -> list[dict[str, Any]]:
+    return build(deploy_dir / "overlays" / "kafka")
+
+
+@pytest.fixture(scope="module")
+def oidc(deploy_dir: Path) -> list[dict[str, Any]]:
+    return build(deploy_dir / "overlays" / "oidc")
+
+
+def validation_errors(built: list[dict[str, Any]]) -> list[str]:
+    errors = []
+    version = kubernetes_validate.latest_version()
+    for o in built:
+        if is_knative(o):
+            errors += crd_errors(o)
+        else:
+            try:
+                kubernetes_validate.validate(o, version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                errors.append(f"{o['kind']} {o['metadata']['name']}: {e.message}")
+    return errors
+
+
+@pytest.mark.parametrize("variant", ["base", "kafka", "oidc"])
+def test_every_variant_validates_strictly(variant: str, request: pytest.FixtureRequest) -> None:
+    built = request.getfixturevalue(variant)
+    assert not validation_errors(built), "\n".join(validation_errors(built))
+
+
+def keyed(built: list[dict[str, Any]]) -> dict[tuple[str, str], dict]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in built}
+
+
+# --- Kafka ---------------------------------------------------------------------------------------
+
+
+def test_kafka_uses_the_kafka_broker_and_kafka_channels(kafka: list[dict[str, Any]]) -> None:
+    broker = one(kafka, "Broker", "default")
+    assert broker["metadata"]["annotations"] == {CLASS: "Kafka"}  # no IMC setting left
+    config = broker["spec"]["config"]
+    assert (config["apiVersion"], config["kind"]) == ("v1", "ConfigMap")
+    topics = one(kafka, "ConfigMap", config["name"])
+    assert topics["metadata"]["namespace"] == config["namespace"]
+    assert topics["data"]["bootstrap.servers"]
+    # Replicated: an event survives the loss of a Kafka broker.
+    assert int(topics["data"]["default.topic.replication.factor"]) >= 3
+    template = one(kafka, "Sequence", "process-image")["spec"]["channelTemplate"]
+    assert (template["apiVersion"], template["kind"]) == (
+        "messaging.knative.dev/v1beta1",
+        "KafkaChannel",
+    )
+    assert template["spec"]["replicationFactor"] >= 3
+    assert not objects(kafka, "InMemoryChannel")
+
+
+def test_the_channels_the_kafka_sequence_makes_validate(kafka: list[dict[str, Any]]) -> None:
+    # The Sequence creates its channels from channelTemplate: validate what it would create.
+    sequence = one(kafka, "Sequence", "process-image")
+    template = sequence["spec"]["channelTemplate"]
+    for i in range(len(sequence["spec"]["steps"])):
+        channel = {
+            "apiVersion": template["apiVersion"],
+            "kind": template["kind"],
+            "metadata": {"name": f"process-image-kn-sequence-{i}", "namespace": "imagerec"},
+            "spec": template["spec"],
+        }
+        assert not crd_errors(channel), crd_errors(channel)
+    wrong = copy.deepcopy(channel)
+    wrong["spec"]["replicationFactr"] = 3
+    assert crd_errors(wrong)
+
+
+def test_kafka_changes_only_the_delivery_layer(
+    base: list[dict[str, Any]], kafka: list[dict[str, Any]]
+) -> None:
+    before, after = keyed(base), keyed(kafka)
+    removed = set(before) - set(after)
+    added = set(after) - set(before)
+    assert removed == {("InMemoryChannel", f"process-image-kn-sequence-{i}") for i in range(3)}
+    assert added == {("ConfigMap", "kafka-broker-config")}
+    changed = {k for k in set(before) & set(after) if before[k] != after[k]}
+    assert changed == {("Broker", "default"), ("Sequence", "process-image")}
+    # Every hop keeps its retries, backoff, timeout and dead-letter sink.
+    assert (
+        before[("Broker", "default")]["spec"]["delivery"]
+        == after[("Broker", "default")]["spec"]["delivery"]
+    )
+    assert (
+        before[("Sequence", "process-image")]["spec"]["steps"]
+        == after[("Sequence", "process-image")]["spec"]["steps"]
+    )
+
+
+# --- OIDC and EventPolicies ----------------------------------------------------------------------
+
+
+def senders_to(built: list[dict[str, Any]], kind: str, name: str) -> set[tuple[str, str]]:
+    """Who sends events to an Eventing addressable, from the routing itself."""
+    services = knative_services(built)
+    found = set()
+    for binding in objects(built, "SinkBinding"):
+        ref = binding["spec"]["sink"]["ref"]
+        if (ref["kind"], ref["name"]) == (kind, name):
+            found.add(("SinkBinding", binding["metadata"]["name"]))
+    for trigger in objects(built, "Trigger"):
+        subscriber = trigger["spec"]["subscriber"]["ref"]
+        if (subscriber["kind"], subscriber["name"]) == (kind, name):
+            found.add(("Trigger", trigger["metadata"]["name"]))
+        # A Service that answers with an event: the broker filter posts the reply back to the
+        # Trigger's Broker, as the Trigger.
+        replies = subscriber["kind"] == "Service" and services[subscriber["name"]]["metadata"][
+            "annotations"
+        ].get("imagerec.dev/emits")
+        if kind == "Broker" and trigger["spec"]["broker"] == name and replies:
+            found.add(("Trigger", trigger["metadata"]["name"]))
+    for sequence in objects(built, "Sequence"):
+        reply = sequence["spec"].get("reply", {}).get("ref", {})
+        if (reply.get("kind"), reply.get("name")) == (kind, name):
+            last = len(sequence["spec"]["steps"]) - 1
+            # The Sequence's last Subscription sends its reply (sequence/resources/subscription.go).
+            found.add(("Subscription", f"{sequence['metadata']['name']}-kn-sequence-{last}"))
+    return found
+
+
+def test_event_policies_admit_exactly_the_senders_of_the_routing(
+    oidc: list[dict[str, Any]],
+) -> None:
+    policies = objects(oidc, "EventPolicy")
+    assert len(policies) == 2
+    covered = set()
+    for policy in policies:
+        [target] = policy["spec"]["to"]
+        kind, name = target["ref"]["kind"], target["ref"]["name"]
+        assert one(oidc, kind, name)["apiVersion"] == target["ref"]["apiVersion"]
+        admitted = {(f["ref"]["kind"], f["ref"]["name"]) for f in policy["spec"]["from"]}
+        assert admitted == senders_to(oidc, kind, name), policy["metadata"]["name"]
+        covered.add((kind, name))
+        for sender in policy["spec"]["from"]:
+            assert "sub" not in sender, "by object, not by a subject string that can drift"
+    assert covered == {("Broker", "default"), ("Sequence", "process-image")}
+
+
+def test_the_policy_check_bites(oidc: list[dict[str, Any]]) -> None:
+    # Without the Sequence's reply path the Broker policy would refuse processed events.
+    senders = senders_to(oidc, "Broker", "default")
+    assert ("Subscription", "process-image-kn-sequence-2") in senders
+    assert ("SinkBinding", "web") in senders and ("Trigger", "on-accepted") not in senders
+
+
+def test_oidc_adds_only_the_policies(
+    base: list[dict[str, Any]], oidc: list[dict[str, Any]]
+) -> None:
+    before, after = keyed(base), keyed(oidc)
+    assert set(after) - set(before) == {
+        ("EventPolicy", "broker-senders"),
+        ("EventPolicy", "sequence-senders"),
+    }
+    assert all(before[k] == after[k] for k in before)
+
+
+def test_event_policy_schema_refuses_typos(oidc: list[dict[str, Any]]) -> None:
+    policy = copy.deepcopy(one(oidc, "EventPolicy", "broker-senders"))
+    assert not crd_errors(policy)
+    policy["spec"]["form"] = policy["spec"].pop("from")
+    assert any("'form' was unexpected" in e for e in crd_errors(policy))
+
+
+# --- NetworkPolicies (in the base) -------------------------------------------------------------
+
+
+def pod_templates_with_env(built: list[dict[str, Any]]) -> dict[str, tuple[dict, str]]:
+    """owner -> (pod template labels, the env it reads, as text)."""
+    found = {}
+    for o in built:
+        spec = o.get("spec", {})
+        if o["kind"] == "CronJob":
+            template = spec["jobTemplate"]["spec"]["template"]
+        elif o["kind"] in ("StatefulSet", "Job") or o["apiVersion"].startswith("serving.knative"):
+            template = spec["template"]
+        else:
+            continue
+        env = str([c.get("env", []) for c in template["spec"]["containers"]])
+        found[f"{o['kind']} {o['metadata']['name']}"] = (
+            template.get("metadata", {}).get("labels", {}),
+            env,
+        )
+    return found
+
+
+def test_databases_admit_only_the_apps_pods(base: list[dict[str, Any]]) -> None:
+    for policy_name, database, port, key in (
+        ("postgres-from-app", "postgres", 5432, "database-url"),
+        ("redis-from-app", "redis", 6379, "blob-url"),
+    ):
+        policy = one(base, "NetworkPolicy", policy_name)["spec"]
+        statefulset = one(base, "StatefulSet", database)["spec"]
+        assert (
+            policy["podSelector"]["matchLabels"].items()
+            <= statefulset["template"]["metadata"]["labels"].items()
+        )
+        assert policy["policyTypes"] == ["Ingress"]
+        [rule] = policy["ingress"]
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+        [source] = rule["from"]
+        assert set(source) == {"podSelector"}, "only pods of this namespace"
+        wanted = source["podSelector"]["matchLabels"]
+        # Every pod that reads the database's URL carries the label; nothing else does.
+        for owner, (labels, env) in pod_templates_with_env(base).items():
+            uses = key in env
+            assert (wanted.items() <= labels.items()) == uses, (policy_name, owner)
+
+
+def test_steps_admit_only_knatives_data_plane(base: list[dict[str, Any]]) -> None:
+    policy = one(base, "NetworkPolicy", "steps-from-knative")["spec"]
+    [expression] = policy["podSelector"]["matchExpressions"]
+    # Knative labels each Revision's pods with their Service's name.
+    assert expression["key"] == "serving.knative.dev/service" and expression["operator"] == "In"
+    assert set(expression["values"]) == set(STEPS)
+    [rule] = policy["ingress"]
+    [source] = rule["from"]
+    assert set(source) == {"namespaceSelector"}
+    [namespaces] = source["namespaceSelector"]["matchExpressions"]
+    assert namespaces["key"] == "kubernetes.io/metadata.name"
+    assert {"knative-serving", "knative-eventing"} <= set(namespaces["values"])
+    assert "imagerec" not in namespaces["values"]
+    # The web stays public: no policy selects it.
+    for p in objects(base, "NetworkPolicy"):
+        for _, node in walk(p["spec"]["podSelector"]):
+            assert node != "web"
