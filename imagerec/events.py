@@ -1,6 +1,6 @@
 """The one module that knows the CloudEvents wire format and imagerec's event types.
 
-Parsing is as strict as Knative's broker (semantics §1), not as lenient as the Python SDK:
+Parsing is as strict as Knative's broker, not as lenient as the Python SDK:
 anything the broker would refuse is refused here too, as `BadEvent`, which HTTP maps to 400.
 """
 
@@ -20,6 +20,7 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
+from imagerec import jsontext
 from imagerec.logs import TRACEPARENT, new_traceparent
 
 UPLOADED = "dev.imagerec.image.uploaded"
@@ -85,11 +86,9 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
         raise BadEvent("not a CloudEvent: no ce-specversion header and not structured mode")
     if kind == STRUCTURED:
         try:
-            envelope = json.loads(body or b"null")
-        except (ValueError, RecursionError):
-            raise BadEvent(
-                "structured CloudEvent body is not JSON (or nested too deeply)"
-            ) from None
+            envelope = jsontext.loads(body or b"null")
+        except jsontext.BadJson as e:
+            raise BadEvent(f"structured CloudEvent body: {e}") from None
         if not isinstance(envelope, dict):
             raise BadEvent("structured CloudEvent body must be a JSON object")
         for name in CORE_ATTRIBUTES & set(envelope):
@@ -111,6 +110,13 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> CloudEvent:
         raise BadEvent(f"malformed CloudEvent: {_first_line(e)}") from None
     except RecursionError:
         raise BadEvent("CloudEvent data is nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise BadEvent(f"malformed CloudEvent data: {_first_line(e)}") from None
+    if isinstance(event.data, dict | list):
+        try:
+            jsontext.check(event.data)
+        except jsontext.BadJson as e:
+            raise BadEvent(f"CloudEvent data: {e}") from None
     for attribute in ("id", "source", "type"):
         if not str(event.get(attribute) or "").strip():
             raise BadEvent(f"CloudEvent attribute {attribute!r} is missing or blank")
@@ -133,9 +139,9 @@ def event_data(event: CloudEvent) -> dict[str, Any]:
     data = event.data
     if isinstance(data, bytes | str):
         try:
-            data = json.loads(data or "null")
-        except (ValueError, RecursionError):
-            raise BadEvent("event data is not JSON, or too deep") from None
+            data = jsontext.loads(data or "null")
+        except jsontext.BadJson as e:
+            raise BadEvent(f"event data: {e}") from None
     if not isinstance(data, dict):
         raise BadEvent("event data must be a JSON object")
     schema = event_schema(event["type"]) if event["type"] in IMAGE_EVENT_TYPES else None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from test_web_app import PASSWORD, Account, make_app, page_csrf
 
+import web.auth
 from imagerec.models import User
 
 pytest_plugins = ["test_web_app"]
@@ -333,3 +336,69 @@ def test_every_state_changing_route_needs_the_csrf_token(app, ann):
             assert response.status_code == 403, (method, url, response.status_code)
             checked.append((method, rule.rule))
     assert len(checked) >= 15
+
+
+def test_parallel_guesses_never_check_more_than_the_allowed_wrong_passwords(backend, monkeypatch):
+    """4 failures recorded, then 8 sign-ins at once (7 wrong, 1 right): at most one more
+    wrong password may be checked (the issue's run checked all 8: 11 failures)."""
+    app = make_app(backend, LOGIN_MAX_FAILURES=5, LOGIN_LOCKOUT_SECONDS=600)
+    eve = Account(app.test_client(), "eve")
+    eve.refresh_csrf()
+    assert (
+        eve.api("POST", "/api/users", json={"username": "eve", "password": PASSWORD}).status_code
+        == 201
+    )
+    with backend.session() as db:
+        db.execute(update(User).where(User.username == "eve").values(failed_logins=4))
+        db.commit()
+    checked: list[str] = []
+    real_check = web.auth.check_password_hash
+    start = threading.Barrier(8)
+
+    def slow_check(hash_: str, password: str) -> bool:
+        checked.append(password)
+        time.sleep(0.2)  # every attempt is in flight at once
+        return real_check(hash_, password)
+
+    monkeypatch.setattr(web.auth, "check_password_hash", slow_check)
+    clients = []
+    for _ in range(8):
+        client = Account(app.test_client(), "eve")
+        client.refresh_csrf()
+        clients.append(client)
+
+    def attempt(i: int) -> int:
+        password = PASSWORD if i == 7 else f"wrong guess {i}"
+        start.wait()
+        body = {"username": "eve", "password": password}
+        return clients[i].api("POST", "/api/session", json=body).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(attempt, range(8)))
+
+    wrong_checked = [p for p in checked if p != PASSWORD]
+    assert len(wrong_checked) <= 1, statuses
+    assert set(statuses) <= {200, 401, 429}
+    assert statuses.count(429) >= 6
+
+
+def test_an_unknown_user_is_answered_like_a_wrong_password_after_a_hash_check(
+    app, ann, monkeypatch
+):
+    checked: list[str] = []
+    real_check = web.auth.check_password_hash
+    monkeypatch.setattr(
+        web.auth,
+        "check_password_hash",
+        lambda hash_, password: checked.append(hash_.split("$")[0]) or real_check(hash_, password),
+    )
+    client = Account(app.test_client(), "x")
+    client.refresh_csrf()
+
+    unknown = client.api("POST", "/api/session", json={"username": "nobody", "password": "guess 1"})
+    wrong = client.api("POST", "/api/session", json={"username": "ann", "password": "guess 1"})
+
+    assert (unknown.status_code, unknown.json) == (wrong.status_code, wrong.json)
+    assert unknown.status_code == 401
+    # Both checked a hash of the same kind (so both take as long).
+    assert len(checked) == 2 and checked[0] == checked[1]

@@ -14,9 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from imagerec import logs
 from imagerec.config import load_settings
-
-# One request may carry several files; each is still held to MAX_UPLOAD_BYTES on its own.
-MAX_FILES_PER_REQUEST = 20
+from web.bodies import MAX_FILES_PER_REQUEST
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'self'; "
@@ -68,8 +66,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # Knative's queue-proxy and ingress terminate TLS and say so in X-Forwarded-Proto.
     app.wsgi_app = ProxyFix(app.wsgi_app, x_proto=1)  # type: ignore[method-assign]
 
-    from web import albums, api, auth, broker, db, errors, photos
+    from web import albums, api, auth, bodies, broker, db, errors, photos
 
+    bodies.init_app(app)  # first: the JSON cap must be set before anything reads a body
     db.init_app(app)
     broker.init_app(app)
     auth.init_app(app)

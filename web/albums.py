@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
-from werkzeug.exceptions import BadRequest, Conflict, HTTPException
+from werkzeug.exceptions import BadRequest, Conflict, HTTPException, RequestEntityTooLarge
 
 from web import actions, queries
 from web.auth import login_required
+from web.bodies import uploaded_files
 from web.errors import Duplicate
 from web.present import SORTS, STATUS_TEXT, album_json, image_json
 
@@ -136,7 +137,11 @@ def delete(album_id: int):
 def upload(album_id: int):
     """The no-JavaScript upload form; the page's script uses the JSON API instead."""
     album = queries.get_album(album_id)
-    files = [f for f in request.files.getlist("file") if f.filename or f.content_length]
+    try:
+        files = uploaded_files()
+    except RequestEntityTooLarge as e:
+        flash(e.description, "error")
+        return redirect(url_for("albums.album", album_id=album.id))
     if not files:
         flash("Choose one or more photos to upload.", "error")
     for file in files:

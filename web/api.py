@@ -19,19 +19,13 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from imagerec.models import Album
 from web import actions, auth, queries
 from web.auth import login_required
+from web.bodies import json_object, uploaded_files
 from web.errors import Duplicate
 from web.present import SHAPES, SORTS, album_json, image_json
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_BULK = 500
-
-
-def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("Send a JSON object (Content-Type: application/json).")
-    return body
 
 
 def _text(body: dict[str, Any], field: str) -> str:
@@ -90,7 +84,7 @@ def get_session_state():
 
 @bp.post("/session")
 def sign_in():
-    body = _json_body()
+    body = json_object()
     g.user = auth.sign_in(_text(body, "username"), _text(body, "password"))
     return {"user": _user_json(), "csrfToken": auth.csrf_token()}
 
@@ -103,7 +97,7 @@ def sign_out():
 
 @bp.post("/users")
 def sign_up():
-    body = _json_body()
+    body = json_object()
     g.user = auth.sign_up(_text(body, "username"), _text(body, "password"))
     auth.start_session(g.user)
     return {"user": _user_json(), "csrfToken": auth.csrf_token()}, 201
@@ -125,7 +119,7 @@ def list_albums():
 @bp.post("/albums")
 @login_required
 def create_album():
-    album = actions.create_album(_text(_json_body(), "name"))
+    album = actions.create_album(_text(json_object(), "name"))
     return {"album": album_json(album, {}, None)}, 201
 
 
@@ -141,7 +135,7 @@ def get_album(album_id: int):
 @bp.patch("/albums/<int:album_id>")
 @login_required
 def rename_album(album_id: int):
-    album = actions.rename_album(queries.get_album(album_id), _text(_json_body(), "name"))
+    album = actions.rename_album(queries.get_album(album_id), _text(json_object(), "name"))
     return {"album": _album_json(album)}
 
 
@@ -223,7 +217,7 @@ def _conditional(album: Album, answer: Callable[[], dict[str, Any]]) -> Response
 def upload_images(album_id: int):
     """Multipart, one or more `file` fields; each file succeeds or fails on its own."""
     album = queries.get_album(album_id)
-    files = request.files.getlist("file")
+    files = uploaded_files()
     if not files:
         raise BadRequest("Send one or more files in the multipart field 'file'.")
     created, duplicates, errors = [], [], []
@@ -272,7 +266,7 @@ def get_image(image_id: str):
 def move_image(image_id: str):
     """Move a photo to another album: `{"albumId": 7}`."""
     image = queries.get_image(image_id)
-    album = queries.get_album(_album_id(_json_body()))
+    album = queries.get_album(_album_id(json_object()))
     try:
         return {"image": image_json(actions.move_image(image, album))}
     except Duplicate as e:
@@ -284,7 +278,7 @@ def move_image(image_id: str):
 def bulk_images():
     """Delete or move many photos: `{"action": "delete"|"move", "ids": [...], "albumId": n}`;
     each photo succeeds or fails on its own."""
-    body = _json_body()
+    body = json_object()
     action = body.get("action")
     if action not in ("delete", "move"):
         raise BadRequest('The field \'action\' is "delete" or "move".')

@@ -22,7 +22,7 @@ from flask import (
     session,
     url_for,
 )
-from sqlalchemy import select, update
+from sqlalchemy import case, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -39,6 +39,9 @@ CSRF_HEADER = "X-CSRF-Token"
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # Checked against when the user does not exist, so both answers take as long.
 _DUMMY_HASH = generate_password_hash("not a password")
+
+
+WRONG_CREDENTIALS = "Wrong username or password."
 
 
 class SignInRefused(Unauthorized):
@@ -104,7 +107,12 @@ def sign_up(username: str, password: str) -> User:
 
 
 def sign_in(username: str, password: str) -> User:
-    """The user with these credentials; refuses while locked after too many failures."""
+    """The user with these credentials; refuses while locked after too many failures.
+
+    At most LOGIN_MAX_FAILURES wrong passwords are ever checked per lockout window, however
+    many arrive at once: each attempt first reserves one of them in the database (one
+    conditional UPDATE), and only an attempt that got one has its password checked.
+    """
     db = get_session()
     username = username.strip()
     user = (
@@ -112,41 +120,67 @@ def sign_in(username: str, password: str) -> User:
         if USERNAME.match(username)
         else None
     )
+    if user is None:
+        # As slow as checking a real password, with the same answer: names are not guessable.
+        check_password_hash(_DUMMY_HASH, password)
+        raise SignInRefused(WRONG_CREDENTIALS)
     now = datetime.now(UTC)
-    if user is not None and user.locked_until is not None and aware(user.locked_until) > now:
-        minutes = max(1, round((aware(user.locked_until) - now).total_seconds() / 60))
+    attempt = _reserve_attempt(user, now)
+    if attempt is None:
+        db.refresh(user)
+        until = aware(user.locked_until) if user.locked_until else now + _lockout()
+        minutes = max(1, round((until - now).total_seconds() / 60))
         raise TooManyRequests(
             f"Too many failed sign-ins: this account is locked for {minutes} more minute(s)."
         )
-    if user is None:
-        check_password_hash(_DUMMY_HASH, password)
-        raise SignInRefused("Wrong username or password.")
     if not check_password_hash(user.password_hash, password):
-        _count_failure(user, now)
-        raise SignInRefused("Wrong username or password.")
-    user.failed_logins = 0
-    user.locked_until = None
+        if attempt >= current_app.config["LOGIN_MAX_FAILURES"]:
+            db.execute(
+                update(User)
+                .where(User.id == user.id)
+                .values(locked_until=now + _lockout(), failed_logins=0)
+            )
+            db.commit()
+        raise SignInRefused(WRONG_CREDENTIALS)
+    # Right: this attempt and the failures before it no longer count (attempts still being
+    # checked keep theirs); a lock set meanwhile by one of them has reset the count already.
+    db.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(
+            failed_logins=case(
+                (User.failed_logins > attempt, User.failed_logins - attempt), else_=0
+            ),
+            locked_until=None,
+        )
+    )
     db.commit()
+    db.refresh(user)
     start_session(user)
     return user
 
 
-def _count_failure(user: User, now: datetime) -> None:
-    """One more failed sign-in; the count is incremented by the database itself, so that
-    guesses sent in parallel each count and cannot overwrite one another's."""
+def _reserve_attempt(user: User, now: datetime) -> int | None:
+    """Count this attempt as a failure before its password is checked: the number of
+    attempts counted so far (this one included), or None while the account is locked."""
     db = get_session()
-    failures = db.scalar(
+    attempt = db.scalar(
         update(User)
-        .where(User.id == user.id)
+        .where(
+            User.id == user.id,
+            User.failed_logins < current_app.config["LOGIN_MAX_FAILURES"],
+            or_(User.locked_until.is_(None), User.locked_until <= now),
+        )
         .values(failed_logins=User.failed_logins + 1)
         .returning(User.failed_logins)
+        .execution_options(synchronize_session=False)
     )
-    if failures is not None and failures >= current_app.config["LOGIN_MAX_FAILURES"]:
-        lock = timedelta(seconds=current_app.config["LOGIN_LOCKOUT_SECONDS"])
-        db.execute(
-            update(User).where(User.id == user.id).values(locked_until=now + lock, failed_logins=0)
-        )
-    db.commit()
+    db.commit()  # at once: a parallel attempt must see this one
+    return attempt
+
+
+def _lockout() -> timedelta:
+    return timedelta(seconds=current_app.config["LOGIN_LOCKOUT_SECONDS"])
 
 
 def start_session(user: User) -> None:
