@@ -15,9 +15,12 @@ from typing import Any
 
 from flask import current_app, g
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, Conflict, RequestEntityTooLarge, ServiceUnavailable
 
+from imagerec import states
 from imagerec.blobstore import BlobNotFound, BlobStoreUnavailable, original_key, thumbnail_key
 from imagerec.events import UPLOADED, new_event
 from imagerec.formats import extension_for
@@ -120,7 +123,7 @@ def upload(album: Album, file: FileStorage) -> Image:
     db = get_session()
     db.add(image)
     try:
-        db.commit()
+        _commit_keeping(db, image)
     # Any other failure (the database gone mid-commit) keeps the blob: the row may have been
     # committed all the same, and a stray blob costs only space.
     except IntegrityError:
@@ -135,6 +138,20 @@ def upload(album: Album, file: FileStorage) -> Image:
     return image
 
 
+def _commit_keeping(db: Session, image: Image) -> None:
+    """Commit without expiring `image`: once the row is committed the upload has happened,
+    and describing it must not reload it (a database lost just after the commit would turn
+    a stored photo into a 503, and the user's retry into a 409)."""
+    db.flush()
+    db.refresh(image)  # every column as stored, while the transaction is still open
+    set_committed_value(image, "detections", [])  # a new photo has none yet
+    db.expire_on_commit = False
+    try:
+        db.commit()
+    finally:
+        db.expire_on_commit = True
+
+
 def start_workflow(image: Image) -> bool:
     """Hand the uploaded event to the Broker in the background; False when there is none."""
     event = new_event(UPLOADED, "/web", uploaded_event_data(image), subject=image.id)
@@ -142,14 +159,21 @@ def start_workflow(image: Image) -> bool:
 
 
 def retry(image: Image) -> Image:
-    """Start the workflow again: steps are idempotent, so a second run changes nothing else."""
+    """Start the workflow again: steps are idempotent, so a second run changes nothing else.
+
+    The move back to `uploaded` is the core's (imagerec.states): conditional, so a photo the
+    pipeline finished meanwhile stays finished.
+    """
+    refused = Conflict(
+        f"{image.file_name} is {image.status}; only failed, waiting or stuck photos retry."
+    )
     if image.status not in (Status.FAILED, Status.UPLOADED) and not can_retry(image):
-        raise Conflict(
-            f"{image.file_name} is {image.status}; only failed, waiting or stuck photos retry."
-        )
-    image.status = Status.UPLOADED
-    image.reason = None
-    get_session().commit()
+        raise refused
+    db = get_session()
+    if not states.retry(db, image):
+        db.rollback()
+        raise refused
+    db.commit()
     start_workflow(image)
     return image
 
@@ -163,8 +187,9 @@ def delete_image(image: Image) -> None:
 
 
 def _blob_keys(image: Image) -> list[str]:
-    # The thumbnail key is derived too: the pipeline may write it after this row was read.
-    return sorted({image.blob_key, image.thumbnail_key or thumbnail_key(image.blob_key)})
+    # Derived from the original's key, never the stored thumbnail_key: that column only says
+    # a thumbnail exists (and the pipeline may write one after this row was read).
+    return sorted({image.blob_key, thumbnail_key(image.blob_key)})
 
 
 def _delete_blobs(keys: list[str]) -> None:
@@ -206,7 +231,7 @@ def move_image(image: Image, album: Album) -> Image:
     try:
         blobs.put(new_key, blobs.get(image.blob_key))
         if image.thumbnail_key and new_thumbnail:
-            blobs.put(new_thumbnail, blobs.get(image.thumbnail_key))
+            blobs.put(new_thumbnail, blobs.get(thumbnail_key(image.blob_key)))
     except BlobNotFound:
         raise Conflict(f"{image.file_name}'s file is gone; delete it instead.") from None
     except BlobStoreUnavailable as e:

@@ -23,7 +23,7 @@ from flask import (
 )
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
 
-from imagerec.blobstore import BlobNotFound, BlobStoreUnavailable
+from imagerec.blobstore import BlobNotFound, BlobStoreUnavailable, thumbnail_key
 from imagerec.formats import FORMATS, register_heif_opener, sniff_format
 from web import actions, queries
 from web.auth import login_required
@@ -84,7 +84,9 @@ def thumbnail(image_id: str):
     image = queries.get_image(image_id)
     if not image.thumbnail_key:
         raise NotFound("This photo has no thumbnail yet.")
-    data = _read(image.thumbnail_key)
+    # The key is derived from the original's: a stored one is never believed (an event once
+    # could set it to another user's original).
+    data = _read(thumbnail_key(image.blob_key))
     return _blob_response(data, sniff_format(data[:32]), "thumbnail.jpg")
 
 
