@@ -85,31 +85,11 @@ def cloudevent_step(
             return _plain(405, "POST a CloudEvent")
         try:
             event = parse_event(request.headers, request.get_data())
-            log.info(
-                "%s: %s %s (id %s)", step.__name__, event["type"], event.get("subject"), event["id"]
-            )
-            reply = step(event)
-        except (BadEvent, InvalidBlobKey) as e:
+        except BadEvent as e:
+            log.warning("%s: refused: bad event: %s", step.__name__, e)
             return _plain(400, f"bad event: {e}")
-        except (Refused, UnknownOwner, IllegalTransition, BlobNotFound) as e:
-            # Also how a forged event shows: the log keeps who sent it.
-            log.warning("%s refused %s from %s: %s", step.__name__, event["id"], event["source"], e)
-            return _plain(422, f"refused: {_describe(e)}")
-        except (
-            Unavailable,
-            BlobStoreUnavailable,
-            sqlalchemy.exc.OperationalError,
-            sqlalchemy.exc.InterfaceError,
-        ) as e:
-            log.warning("%s: transient failure: %s", step.__name__, e)
-            return _plain(503, f"unavailable, retry later: {_describe(e)}")
-        except Exception as e:  # the step's own bug: still answer briefly, Knative retries
-            log.exception("%s failed", step.__name__)
-            return _plain(500, f"internal error in {step.__name__}: {type(e).__name__}")
-        if reply is None:
-            return "", 202
-        headers, body = encode(reply)
-        return body, 200, headers
+        with logs.handling(event):
+            return _handle(step, event)
 
     return entry_point
 
@@ -121,8 +101,9 @@ def _handle(step: Step, event: CloudEvent) -> flask.typing.ResponseReturnValue:
     except (BadEvent, InvalidBlobKey) as e:
         log.warning("%s: refused: bad event: %s", step.__name__, e)
         return _plain(400, f"bad event: {e}")
-    except (Refused, UnknownOwner, BlobNotFound) as e:
-        log.warning("%s: refused: %s", step.__name__, _describe(e))
+    except (Refused, UnknownOwner, IllegalTransition, BlobNotFound) as e:
+        # Also how a forged event shows: the log keeps who sent it.
+        log.warning("%s refused %s from %s: %s", step.__name__, event["id"], event["source"], e)
         return _plain(422, f"refused: {_describe(e)}")
     except (
         Unavailable,

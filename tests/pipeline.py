@@ -151,12 +151,17 @@ def running_step(module: str, env: dict[str, str], timeout: float = 60.0) -> Ite
 
 
 def start_dev_stack(
-    data_dir: Path, monkeypatch: Any, ready_timeout: float = 120.0, **env: str
+    data_dir: Path,
+    monkeypatch: Any,
+    ready_timeout: float = 120.0,
+    log_fd: int | None = None,
+    **env: str,
 ) -> DevStack:
     """`imagerec dev`'s whole stack on free ports, its data in `data_dir`, the offline detector.
 
     Its reconciler checks every second but finds nothing stuck for an hour, so a test sees
     what the runner itself delivers; a test of the reconciler sets IMAGEREC_STUCK_AFTER_SECONDS.
+    With `log_fd`, every part writes its log lines there (a file the test reads back).
     """
     settings_env = {
         "IMAGEREC_DATA_DIR": str(data_dir),
@@ -166,5 +171,5 @@ def start_dev_stack(
     }
     for key, value in settings_env.items():
         monkeypatch.setenv(key, value)
-    stack = DevStack(load_settings(), port=free_port(), reconcile_interval=1.0)
+    stack = DevStack(load_settings(), port=free_port(), reconcile_interval=1.0, log_fd=log_fd)
     return stack.start(ready_timeout)

@@ -3,6 +3,8 @@ routing by knative/, the reconciler; events posted as an outside CloudEvent emit
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ from imagerec.events import UPLOADED, encode, new_event
 from imagerec.formats import extension_for
 from imagerec.images import register_upload
 from imagerec.models import Album, Image, Status, User
+from web.client import ApiSession
 from workflows.dev import DevStack
 
 pytestmark = pytest.mark.slow
@@ -219,3 +222,42 @@ def test_the_stack_runs_on_postgresql_and_redis(real_backend, tmp_path, monkeypa
     store = redis.Redis.from_url(real_backend.blob_url)  # plain strings, as design.md fixes
     assert store.get(dog.blob_key) == (IMAGES / "objects/dog.jpg").read_bytes()
     assert store.get(dog.thumbnail_key).startswith(b"\xff\xd8\xff")
+
+
+def test_every_service_logs_json_lines_and_one_photo_is_one_trace(tmp_path, monkeypatch):
+    log_path = tmp_path / "stack.log"
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    # Long enough that the uploaded photo is done before the reconciler would touch it.
+    stack = start_dev_stack(
+        tmp_path / "data", monkeypatch, log_fd=log_fd, IMAGEREC_STUCK_AFTER_SECONDS="30"
+    )
+    try:
+        web = ApiSession(stack.web_url)
+        user = {"username": f"tracer-{uuid4().hex[:6]}", "password": "long enough 1"}
+        web.csrf = web.call("POST", "/api/users", json=user)["csrfToken"]
+        upload = web.upload_file(web.album_id("trip"), IMAGES / "objects/dog.jpg", None)
+        assert upload.outcome == "uploaded", upload.message
+        uploaded = upload.image["id"]
+        assert web.wait_for([uploaded], poll=0.5, timeout=120)[uploaded]["status"] == "done"
+        # And a photo whose event was lost: the reconciler sends it, in a trace of its own.
+        emitter = Emitter(stack)
+        stuck = emitter.post(IMAGES / "objects/eagle.jpg", web_row=True, send=False)
+        assert emitter.wait_final([stuck], timeout=120)[stuck].status == Status.DONE
+    finally:
+        stack.stop()
+        os.close(log_fd)
+
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    for line in lines:
+        assert {"time", "level", "service", "message"} <= set(line), line
+
+    def about(image_id):
+        return [line for line in lines if line.get("imageId") == image_id]
+
+    steps = {"extract-metadata", "make-thumbnail", "detect-objects", "store-results"}
+    assert {line["service"] for line in about(uploaded)} >= {"web", "runner"} | steps
+    assert all(line.get("ceId") for line in about(uploaded))
+    assert len({line.get("traceId") for line in about(uploaded)}) == 1, about(uploaded)
+    assert {line["service"] for line in about(stuck)} >= {"reconciler", "runner"} | steps
+    assert len({line.get("traceId") for line in about(stuck)}) == 1, about(stuck)
+    assert about(stuck)[0]["traceId"] != about(uploaded)[0]["traceId"]

@@ -237,7 +237,9 @@ class DevStack:
             self._log_handler = logs.LineHandler(self.log_fd)
             self._log_handler.setFormatter(logs.JsonFormatter("dev"))
             for name, service in IN_PROCESS.items():
-                logs.name_service(logging.getLogger(name), service).addHandler(self._log_handler)
+                logger = logs.name_service(logging.getLogger(name), service)
+                logger.addHandler(self._log_handler)
+                logger.setLevel(logging.INFO)  # whatever the host process's root level
         upgrade(self.settings.database_url)
         for name, module in STEPS.items():
             self.children[name] = self._step_child(name, module)
@@ -305,6 +307,7 @@ class DevStack:
         if self._log_handler is not None:
             for name in IN_PROCESS:
                 logging.getLogger(name).removeHandler(self._log_handler)
+                logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def run(settings: Settings, host: str, port: int) -> int:
