@@ -7,6 +7,7 @@ anything the broker would refuse is refused here too, as `BadEvent`, which HTTP 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -183,6 +184,26 @@ def encode(event: CloudEvent, structured: bool = False) -> tuple[dict[str, str],
 _sink_session = requests.Session()
 
 
+# Where a SinkBinding mounts its subject's token when Knative Eventing's OIDC authentication is
+# on (knative/eventing pkg/apis/sources/v1/sinkbinding_lifecycle.go: volume `oidc-token` at
+# /oidc, Secret key `token`, renewed before it expires). The Broker then answers 401 to a POST
+# without it (docs/knative.md §14; knative/overlays/oidc).
+OIDC_TOKEN_FILE = "/oidc/token"
+
+
+def oidc_authorization(path: str | None = None) -> dict[str, str]:
+    """The Authorization header for the sink, if Eventing gave this process a token.
+
+    Read on every send: Eventing replaces the token before it expires.
+    """
+    try:
+        with open(path or os.environ.get("IMAGEREC_OIDC_TOKEN_FILE", OIDC_TOKEN_FILE)) as file:
+            token = file.read().strip()
+    except OSError:
+        return {}
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def emit(event: CloudEvent, sink: str, timeout: float = 10.0) -> None:
     """POST an event to a sink (the Broker, as K_SINK names it).
 
@@ -191,6 +212,7 @@ def emit(event: CloudEvent, sink: str, timeout: float = 10.0) -> None:
     if event.get(TRACEPARENT) is None:
         event[TRACEPARENT] = new_traceparent()
     headers, body = encode(event)
+    headers.update(oidc_authorization())
     try:
         response = _sink_session.post(sink, data=body, headers=headers, timeout=timeout)
     except requests.RequestException as e:
