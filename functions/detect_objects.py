@@ -171,7 +171,7 @@ def _shrunk(size: tuple[int, int], longest: int) -> tuple[int, int]:
 def _import_tensorflow():
     if "tensorflow_hub" in sys.modules:
         return sys.modules["tensorflow"], sys.modules["tensorflow_hub"]
-    # TensorFlow and absl write their start-up chatter straight to fd 2 (toolchain-notes §1).
+    # TensorFlow and absl write their start-up chatter straight to fd 2 (docs/toolchain.md §1).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     saved = os.dup(2)
     null = os.open(os.devnull, os.O_WRONLY)

@@ -2,7 +2,7 @@
 
 Knative POSTs the original event here, with `knativeerrordest`, `knativeerrorcode` and
 `knativeerrordata` (the failing answer, base64) when it has them, and with none of them when a
-Trigger delivery timed out (semantics §4). Whatever arrives is acknowledged with an empty 202:
+Trigger delivery timed out (docs/knative.md §4). Whatever arrives is acknowledged with an empty 202:
 the dead-letter sink's reply is ignored, and refusing it would only lose the event's trace.
 
     functions-framework --source functions/record_failure.py --target record_failure

@@ -70,7 +70,7 @@ SEQUENCE_STEPS = ["make-thumbnail", "detect-objects", "store-results"]
 DEAD_LETTER_SINK = {"apiVersion": KSVC, "kind": "Service", "name": "record-failure"}
 EMITS = "imagerec.dev/emits"
 AUTOSCALING = "autoscaling.knative.dev/"
-# Injected by Knative; a Service may not set them (semantics §7).
+# Injected by Knative; a Service may not set them (docs/knative.md §7).
 RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}
 ISO_DURATION = re.compile(r"^P(?!$)(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
 
@@ -216,8 +216,8 @@ def closed(schema: Any, webhook_strict: bool = False, name: str = "") -> Any:
     """The schema with unknown fields refused wherever the API server would prune them.
 
     With `webhook_strict` (Eventing kinds: their webhook decodes with unknown fields disallowed,
-    semantics §9) also inside objects the schema leaves open, over the fields of their Go type:
-    what the schema lists plus OPENED_FOR. Objects without `properties` (maps such as
+    docs/knative.md §9) also inside objects the schema leaves open, over the fields of their Go
+    type: what the schema lists plus OPENED_FOR. Objects without `properties` (maps such as
     `filter.attributes`, `matchLabels`, `channelTemplate.spec`) stay open either way.
     """
     if isinstance(schema, list):
@@ -257,7 +257,7 @@ def crd_validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     ]
     for path, crd in crds:
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-        # Eventing's webhook disallows unknown fields; Serving's does not (semantics §9).
+        # Eventing's webhook disallows unknown fields; Serving's does not (docs/knative.md §9).
         webhook_strict = path.parent.name == "eventing"
         for version in crd["spec"]["versions"]:
             schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
@@ -358,7 +358,7 @@ def test_closed_eventing_schemas_refuse_typos_inside_open_objects(
     built: list[dict[str, Any]], kind: str, name: str, change, typo: str
 ) -> None:
     # The CRDs leave Trigger `spec` and every `delivery` open (x-kubernetes-preserve-unknown-
-    # fields), but Eventing's webhook refuses unknown fields there too (semantics §9).
+    # fields), but Eventing's webhook refuses unknown fields there too (docs/knative.md §9).
     obj = copy.deepcopy(one(built, kind, name))
     assert not crd_errors(obj)
     change(obj)
@@ -499,7 +499,7 @@ def test_every_hop_retries_with_backoff_then_dead_letters(built: list[dict[str, 
     hops = deliveries(built)
     assert len(hops) == 1 + len(TRIGGERS) + len(SEQUENCE_STEPS)
     for hop, delivery in hops.items():
-        # A Trigger's or step's delivery replaces the Broker's whole (semantics §4): each must
+        # A Trigger's or step's delivery replaces the Broker's whole (docs/knative.md §4): each must
         # carry its own retries, backoff and dead-letter sink.
         assert delivery, f"{hop}: no delivery, so one attempt and nothing dead-lettered"
         assert isinstance(delivery.get("retry"), int) and delivery["retry"] >= 1, hop
@@ -675,7 +675,7 @@ def test_every_trigger_type_is_produced_and_no_trigger_feeds_itself(
         event_type = trigger["spec"]["filter"]["attributes"]["type"]
         assert event_type in reaching_broker, f"{name}: nothing sends {event_type} to the Broker"
         # A reply matching its own Trigger would circle until the TTL, or forever after a
-        # Sequence (semantics §2).
+        # Sequence (docs/knative.md §2).
         assert event_type not in produced[name], f"{name} matches its own output"
 
 
@@ -778,7 +778,7 @@ def test_services_scale_to_zero_within_bounds(built: list[dict[str, Any]]) -> No
     for name, service in knative_services(built).items():
         assert not any(
             k.startswith(AUTOSCALING) for k in service["metadata"].get("annotations", {})
-        ), f"{name}: autoscaling annotations belong on spec.template.metadata (semantics §7)"
+        ), f"{name}: autoscaling annotations belong on spec.template.metadata (docs/knative.md §7)"
         annotations = service["spec"]["template"]["metadata"]["annotations"]
         assert annotations[f"{AUTOSCALING}min-scale"] == "0", name
         max_scale = annotations[f"{AUTOSCALING}max-scale"]

@@ -1,4 +1,4 @@
-"""record-failure, the dead-letter sink: whatever Knative sends (semantics §4) is acknowledged
+"""record-failure, the dead-letter sink: whatever Knative sends (docs/knative.md §4) is acknowledged
 with an empty 202, and a known image shows "failed" with a readable reason."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Trigger filters as the broker-filter evaluates them (semantics §3, checklist §11.3)."""
+"""Trigger filters as the broker-filter evaluates them (docs/knative.md §3 and §11.3)."""
 
 from __future__ import annotations
 

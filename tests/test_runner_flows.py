@@ -1,4 +1,4 @@
-"""Sequence and Parallel, wired as Knative wires them (semantics §5, §6; checklist §11.7–8)."""
+"""Sequence and Parallel, wired as Knative wires them (docs/knative.md §5, §6, §11.7–8)."""
 
 from __future__ import annotations
 

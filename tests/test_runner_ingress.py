@@ -1,4 +1,4 @@
-"""The runner's broker ingress against Knative's (semantics §2, checklist §11.1–2)."""
+"""The runner's broker ingress against Knative's (docs/knative.md §2 and §11.1–2)."""
 
 from __future__ import annotations
 

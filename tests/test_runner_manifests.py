@@ -114,8 +114,9 @@ def with_spec(document: dict, **fields) -> dict:
     return {**document, "spec": {**document["spec"], **fields}}
 
 
-# Eventing's webhook refuses a field its Go type lacks (semantics §9); the runner would otherwise
-# drop the misspelt setting without a word (no timeout, a filter that passes everything...).
+# Eventing's webhook refuses a field its Go type lacks (docs/knative.md §9); the runner would
+# otherwise drop the misspelt setting without a word (no timeout, a filter that passes
+# everything...).
 UNKNOWN_FIELDS = {
     "delivery.timout": (
         trigger("t", ref("s"), delivery={"retry": 2, "timout": "PT5S"}),

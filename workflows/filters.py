@@ -1,4 +1,4 @@
-"""Trigger filters, evaluated as Knative's broker-filter does (semantics §3).
+"""Trigger filters, evaluated as Knative's broker-filter does (docs/knative.md §3).
 
 An event is seen as its attributes, all strings (it crossed the channel in binary mode). Two
 forms exist on a Trigger:

@@ -9,9 +9,9 @@ overrides each document's own, as kustomize does; patches and generators are not
 What the API server's webhooks would reject is refused here with `ManifestError`, naming the file
 and the object: a `filters` entry with two dialects, a bad `backoffPolicy` or duration, a
 Destination with neither `ref` nor `uri`, a relative `uri` alone, a field the Knative Go type does
-not have (`delivery.timout`, `deliverY`: Eventing's webhook refuses unknown fields, semantics §9,
-where the runner would otherwise silently drop the setting)... The semantics followed are those of
-docs/knative-eventing-semantics.md (§3 Trigger, §4 delivery, §5 Sequence, §6 Parallel).
+not have (`delivery.timout`, `deliverY`: Eventing's webhook refuses unknown fields,
+docs/knative.md §9, where the runner would otherwise silently drop the setting)... The semantics
+followed are those of docs/knative.md (§3 Trigger, §4 delivery, §5 Sequence, §6 Parallel).
 """
 
 from __future__ import annotations
@@ -272,7 +272,8 @@ def _manifest_files(folder: Path, namespace: str | None) -> Iterator[tuple[Path,
 
 # The fields of the Knative Go types (knative/eventing pkg/apis/..., knative.dev/pkg duck/v1).
 # Eventing's webhook decodes with unknown fields disallowed, also inside the objects the CRD
-# schema leaves open (semantics §9): a misspelt key is refused at apply time, so it is here too.
+# schema leaves open (docs/knative.md §9): a misspelt key is refused at apply time, so it is here
+# too.
 _DELIVERY_FIELDS = frozenset(
     {"deadLetterSink", "retry", "backoffPolicy", "backoffDelay", "timeout", "format"}
     | {"retryAfterMax"}  # accepted and ignored: a feature Knative ships disabled (runner.py)

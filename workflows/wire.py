@@ -1,6 +1,6 @@
 """A CloudEvent as the runner carries it between hops, and its two HTTP forms.
 
-Knative's broker and channels decode each event and encode it again for every hop (semantics
+Knative's broker and channels decode each event and encode it again for every hop (docs/knative.md
 §1), so a subscriber never sees the producer's raw request: it sees the attributes, the data and
 only the pass-through headers. The runner does the same with `Event`: attributes as strings
 (they crossed a channel in binary mode), `data` as bytes, and the pass-through headers beside.
@@ -137,7 +137,7 @@ def _check_decodable(event: Event) -> None:
 
 
 def _check_valid(event: Event) -> None:
-    """The SDK's `Validate`, as the ingress runs it (semantics §1); after percent-decoding."""
+    """The SDK's `Validate`, as the ingress runs it (docs/knative.md §1); after percent-decoding."""
     for name in ("id", "source", "type"):
         if not (event.get(name) or "").strip():
             raise BadEvent(f"CloudEvent attribute {name!r} is missing or blank")
