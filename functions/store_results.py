@@ -40,6 +40,9 @@ def store_results(event: CloudEvent) -> CloudEvent:
         raise BadEvent(f"store-results takes {LABELLED} or {REJECTED}, not {event['type']}")
     data = event_data(event)
     status = OUTCOMES[event["type"]]
+    if status == Status.REJECTED:
+        # Only the labelled schema defines results; a rejection's extra fields are not read.
+        data = _without_results(data)
     with db_session() as session, session.begin():
         # extract-metadata made the row; without it the photo was deleted meanwhile (-> 422).
         image = stored_image(session, data)

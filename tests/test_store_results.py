@@ -331,3 +331,16 @@ def test_duplicate_deliveries_at_the_same_time_store_one_set_of_rows(client, con
     assert set(answers) <= {200, 503} and 200 in answers
     reply_event(post_event(client, event))
     assert len(dump(configured, upload["imageId"])["detections"]) == 3
+
+
+def test_a_rejection_carrying_fields_of_other_shapes_is_stored_without_them(
+    client, configured, upload
+):
+    """Found by tests/test_fuzz.py: `metadata: -1` on a rejected event was a 500."""
+    rejected = {**upload, "reason": "no", "metadata": -1, "detections": "x", "thumbnailKey": 7}
+
+    reply = reply_event(store(client, rejected, REJECTED))
+
+    assert reply.data["status"] == "rejected"
+    row = dump(configured, upload["imageId"])
+    assert (row["status"], row["thumbnail_key"], row["detections"]) == ("rejected", None, [])

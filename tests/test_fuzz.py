@@ -1,0 +1,314 @@
+"""Property-based attacks (Hypothesis) on every door a user inside the cluster can knock on:
+the runner's broker ingress, each workflow step, and the web's JSON routes.
+
+Whatever arrives, the answer is never a 5xx, and another user's rows and blobs stay byte for
+byte what they were. The attacker (bob) knows the victim's (ann's) ids and keys and mixes them
+into otherwise well-formed requests. Examples are few, derandomized and without deadlines, so
+the suite takes well under a minute in CI and fails the same way every time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import string
+from typing import Any
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pipeline import event_for, make_owner, put_original, step_app
+from sqlalchemy import select
+from test_store_results import labelled
+from test_web_app import DOG, make_app, sign_up
+
+from imagerec.blobstore import thumbnail_key
+from imagerec.events import ACCEPTED, LABELLED, REJECTED, UPLOADED, encode
+from imagerec.images import register_upload
+from imagerec.models import Album, Detection, Image, Status, User
+from workflows.testing import Subscriber, broker, ref, running, trigger
+
+# PostgreSQL and Redis: where a value too large for its column is an error, not a string.
+on_real_backend = pytest.mark.parametrize("backend", ["real"], indirect=True)
+
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+# Values chosen to hit limits: lengths around column sizes, integers around 2**31 and 2**63,
+# text PostgreSQL cannot hold (NUL, lone surrogates), keys that escape or name another user.
+EDGY_TEXT = st.sampled_from(
+    ["", " ", "\x00", "\ud800", "../../etc/passwd", "a" * 33, "b" * 129, "c" * 256, "d" * 513]
+) | st.text(max_size=20)
+EDGY_INT = st.sampled_from([0, -1, 1, 2**31 - 1, 2**31, 2**53, 2**63, -(2**63) - 1, 10**30])
+
+
+# --- the victim, and what must not change ----------------------------------------------------
+
+
+def _victim(backend) -> dict[str, Any]:
+    """Ann's finished photo, with its detections, original and thumbnail."""
+    user_id, album_id = make_owner(backend, "ann")
+    data = put_original(backend, DOG, user_id, album_id)
+    with backend.session() as session:
+        image = register_upload(session, data, backend.blobs())
+        image.status = Status.DONE
+        image.thumbnail_key = thumbnail_key(data["blobKey"])
+        session.add(
+            Detection(
+                image_id=image.id,
+                label="Dog",
+                score=0.9,
+                box_ymin=0,
+                box_xmin=0,
+                box_ymax=1,
+                box_xmax=1,
+            )
+        )
+        session.commit()
+    backend.blobs().put(thumbnail_key(data["blobKey"]), b"ann's thumbnail")
+    return data
+
+
+def _snapshot(backend, user_id: int) -> dict[str, Any]:
+    """Every row and blob of the user, column by column and byte by byte."""
+
+    def rows(model, *where) -> list[dict[str, Any]]:
+        with backend.session() as session:
+            found = session.scalars(select(model).where(*where)).all()
+            return sorted(
+                ({c.key: getattr(r, c.key) for c in model.__table__.columns} for r in found),
+                key=repr,
+            )
+
+    images = rows(Image, Image.user_id == user_id)
+    blobs = {}
+    for image in images:
+        for key in (image["blob_key"], thumbnail_key(image["blob_key"])):
+            blobs[key] = backend.blobs().get(key) if backend.blobs().exists(key) else None
+    # Anyone may fail to sign in as the user: the lockout counters are theirs to change.
+    lockout = ("failed_logins", "locked_until")
+    user = [
+        {k: v for k, v in row.items() if k not in lockout} for row in rows(User, User.id == user_id)
+    ]
+    return {
+        "user": user,
+        "albums": rows(Album, Album.user_id == user_id),
+        "images": images,
+        "detections": rows(Detection, Detection.image_id.in_([i["id"] for i in images] or ["-"])),
+        "blobs": blobs,
+    }
+
+
+# --- the steps -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def steps():
+    return {
+        name: step_app(name).test_client()
+        for name in ("extract_metadata", "make_thumbnail", "store_results", "record_failure")
+    }
+
+
+@pytest.fixture
+def scene(configured):
+    """Ann's finished photo and Bob's uploaded one, in the real backend."""
+    ann = _victim(configured)
+    bob_user, bob_album = make_owner(configured, "bob")
+    bob = put_original(configured, DOG, bob_user, bob_album)
+    with configured.session() as session:
+        register_upload(session, bob, configured.blobs())
+        session.commit()
+    return configured, ann, bob
+
+
+def _mutated(base: dict[str, Any], ann: dict[str, Any], data) -> dict[str, Any]:
+    event = copy.deepcopy(base)
+    for _ in range(data.draw(st.integers(0, 3), label="changes")):
+        field = data.draw(st.sampled_from(sorted(event) + ["metadata", "extra"]), label="field")
+        value = data.draw(st.sampled_from(["ann", "json", "text", "int"]), label="kind")
+        if value == "ann" and field in ann:
+            event[field] = ann[field]
+        elif value == "ann":
+            event["thumbnailKey"] = ann["blobKey"]
+        elif value == "json":
+            event[field] = data.draw(JSON, label="json")
+        elif value == "text":
+            event[field] = data.draw(EDGY_TEXT, label="text")
+        else:
+            event[field] = data.draw(EDGY_INT, label="int")
+    if data.draw(st.booleans(), label="nested edge"):
+        metadata = event.get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get("dimensions"), dict):
+            metadata["dimensions"]["width"] = data.draw(EDGY_INT, label="width")
+            metadata["creationTime"] = data.draw(EDGY_TEXT, label="creationTime")
+        detections = event.get("detections")
+        if isinstance(detections, list) and detections and isinstance(detections[0], dict):
+            detections[0]["label"] = data.draw(EDGY_TEXT, label="label")
+    return event
+
+
+@on_real_backend
+@FUZZ
+@given(data=st.data())
+def test_no_step_answers_5xx_or_touches_another_users_photo(steps, scene, data):
+    backend, ann, bob = scene
+    before = _snapshot(backend, ann["userId"])
+    step, event_type = data.draw(
+        st.sampled_from(
+            [
+                ("extract_metadata", UPLOADED),
+                ("make_thumbnail", ACCEPTED),
+                ("store_results", LABELLED),
+                ("store_results", REJECTED),
+                ("record_failure", UPLOADED),
+            ]
+        ),
+        label="step",
+    )
+    base = labelled(bob) if event_type in (ACCEPTED, LABELLED) else {**bob, "reason": "no"}
+    if event_type == ACCEPTED:
+        base = {
+            k: v
+            for k, v in base.items()
+            if k not in ("thumbnailKey", "detections", "labels", "model")
+        }
+    event = event_for(_mutated(base, ann, data), event_type)
+    if data.draw(st.booleans(), label="subject is ann's"):
+        event["subject"] = ann["imageId"]
+    headers, body = encode(event, structured=data.draw(st.booleans(), label="structured"))
+
+    response = steps[step].post("/", data=body, headers=headers)
+
+    assert response.status_code < 500, (step, response.get_data(as_text=True))
+    assert _snapshot(backend, ann["userId"]) == before
+
+
+# --- the web's JSON routes -------------------------------------------------------------------
+
+
+@pytest.fixture
+def web_scene(backend):
+    app = make_app(backend)
+    ann = sign_up(app, "ann")
+    album = ann.create_album("Ann's")
+    photo = ann.upload_one(album, DOG)
+    bob = sign_up(app, "bob")
+    bob_album = bob.create_album("Bob's")
+    yield backend, ann, album, photo, bob, bob_album
+    app.extensions["imagerec_events"].join()
+
+
+@on_real_backend
+@FUZZ
+@given(data=st.data())
+def test_no_json_route_answers_5xx_or_touches_another_users_rows(web_scene, data):
+    backend, ann, ann_album, ann_photo, bob, bob_album = web_scene
+    before = _snapshot(backend, ann.id)
+    bob.refresh_csrf()  # an earlier example may have signed bob in or up as someone else
+    album_id = data.draw(st.sampled_from([ann_album, bob_album, 0, 2**31, 2**63]), label="album")
+    image_id = data.draw(st.sampled_from([ann_photo["id"], "x" * 65, "nope", "%00"]), label="img")
+    method, url = data.draw(
+        st.sampled_from(
+            [
+                ("POST", "/api/session"),
+                ("POST", "/api/users"),
+                ("POST", "/api/albums"),
+                ("PATCH", f"/api/albums/{album_id}"),
+                ("DELETE", f"/api/albums/{album_id}"),
+                ("POST", "/api/images/bulk"),
+                ("PATCH", f"/api/images/{image_id}"),
+                ("DELETE", f"/api/images/{image_id}"),
+                ("POST", f"/api/images/{image_id}/retry"),
+            ]
+        ),
+        label="route",
+    )
+    known = {
+        "username": st.sampled_from(["ann", "bob", "ann\x00", "x" * 65]) | EDGY_TEXT,
+        "password": EDGY_TEXT,
+        "name": EDGY_TEXT,
+        "action": st.sampled_from(["delete", "move", "x"]),
+        "ids": st.lists(st.sampled_from([ann_photo["id"], "nope"]) | EDGY_TEXT, max_size=3),
+        "albumId": st.sampled_from([ann_album, bob_album]) | EDGY_INT | JSON,
+    }
+    body = {k: data.draw(v, label=k) for k, v in known.items() if data.draw(st.booleans())}
+    if data.draw(st.booleans(), label="raw"):
+        payload = data.draw(
+            st.sampled_from([b"[" * 5000, b"{", b'{"name": NaN}', b'"\\ud800"'])
+            | st.binary(max_size=64),
+            label="payload",
+        )
+    else:
+        payload = json.dumps(body).encode()
+
+    response = bob.api(method, url, data=payload, content_type="application/json")
+
+    assert response.status_code < 500, (method, url, response.get_data(as_text=True))
+    assert _snapshot(backend, ann.id) == before
+
+
+# --- the runner's broker ingress (the local runner's code: workflows/runner) -----------------
+
+# What an HTTP client can send as a header value (requests refuses the rest before sending).
+HEADER_TEXT = st.text(alphabet=string.printable.strip("\t\n\r\x0b\x0c"), max_size=60).map(str.strip)
+
+
+@pytest.fixture(scope="module")
+def ingress(tmp_path_factory):
+    """One runner, with a subscriber that takes everything, for every example."""
+    routing = [broker(), trigger("all", ref("sink"))]
+    with (
+        Subscriber() as sink,
+        running(tmp_path_factory.mktemp("runner"), routing, {"sink": sink.url}) as (_, server),
+    ):
+        yield server.broker_url
+
+
+@settings(FUZZ, max_examples=100)  # each accepted event is delivered: slower than the rest
+@given(data=st.data())
+def test_the_runner_ingress_never_answers_5xx(ingress, data):
+    headers = {
+        "ce-specversion": data.draw(st.sampled_from(["1.0", "0.3", "2.0", ""]), label="spec"),
+        "ce-id": data.draw(HEADER_TEXT, label="id"),
+        "ce-source": data.draw(HEADER_TEXT, label="source"),
+        "ce-type": data.draw(st.sampled_from([UPLOADED, "t"]) | HEADER_TEXT, label="type"),
+        "Content-Type": data.draw(
+            st.sampled_from(["application/json", "application/cloudevents+json", "text/plain", ""]),
+            label="content type",
+        ),
+    }
+    for name in data.draw(st.lists(st.sampled_from(list(headers)), max_size=2), label="drop"):
+        headers.pop(name, None)
+    extra = data.draw(
+        st.dictionaries(
+            st.text(alphabet=string.ascii_lowercase + "-_", min_size=1, max_size=12).map(
+                lambda n: "ce-" + n
+            ),
+            HEADER_TEXT,
+            max_size=3,
+        ),
+        label="extensions",
+    )
+    body = data.draw(
+        st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode()), label="body"
+    )
+    response = requests.post(ingress, data=body, headers={**headers, **extra}, timeout=10)
+    assert response.status_code < 500, (headers, extra, body[:100], response.text[:200])
