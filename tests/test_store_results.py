@@ -5,6 +5,7 @@ redelivery harmless, and the outcome announced as dev.imagerec.image.processed."
 from __future__ import annotations
 
 import copy
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,7 @@ from pipeline import event_for, make_owner, post_event, put_original, reply_even
 from sqlalchemy import select
 
 from imagerec.blobstore import thumbnail_key
-from imagerec.events import ACCEPTED, LABELLED, PROCESSED, REJECTED
+from imagerec.events import ACCEPTED, LABELLED, PROCESSED, REJECTED, encode
 from imagerec.images import register_upload
 from imagerec.models import Detection, Image
 
@@ -344,3 +345,48 @@ def test_a_rejection_carrying_fields_of_other_shapes_is_stored_without_them(
     assert reply.data["status"] == "rejected"
     row = dump(configured, upload["imageId"])
     assert (row["status"], row["thumbnail_key"], row["detections"]) == ("rejected", None, [])
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda d: d.__setitem__("caption", json_deep(900)), "nested more than"),
+        (lambda d: d["metadata"]["geo"].__setitem__("lat", float("nan")), "not finite|NaN"),
+        (lambda d: d["metadata"].__setitem__("exifMake", "Canon\ud800"), "not valid Unicode"),
+    ],
+    ids=["deep", "nan", "lone surrogate"],
+)
+@pytest.mark.parametrize("structured", [False, True], ids=["binary", "structured"])
+def test_json_no_step_can_use_is_a_400(client, configured, upload, change, says, structured):
+    """Deep data, NaN and lone surrogates parse in Python but break a validator, a column or
+    PostgreSQL's driver later (a lone surrogate was a 500 on PostgreSQL)."""
+    data = labelled(upload)
+    change(data)
+    event = event_for(data, LABELLED)
+    headers, _ = encode(event, structured=structured)
+    if structured:
+        envelope = {
+            "specversion": "1.0",
+            "id": "e1",
+            "source": "/tests",
+            "type": LABELLED,
+            "subject": upload["imageId"],
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+        body = json.dumps(envelope)
+    else:
+        body = json.dumps(data)
+
+    response = client.post("/", data=body.encode("utf-8", "surrogatepass"), headers=headers)
+
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert any(word in response.get_data(as_text=True) for word in says.split("|"))
+    assert dump(configured, upload["imageId"])["status"] == "uploaded"
+
+
+def json_deep(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
