@@ -708,6 +708,28 @@ def test_an_album_polls_only_while_something_is_in_flight(page: Page, web: WebOn
     assert len(calls) == settled, calls[settled:]  # nothing in flight any more: quiet again
 
 
+def test_search_results_load_more_and_count_them_all(page: Page, web: WebOnly) -> None:
+    user = sign_up(page, web)
+    create_album(page, "Kennel")
+    web.add_many(user, "Kennel", 130, label="Dog")
+    page.goto(f"{web.url}/search?label=dog")
+    expect(page.locator("#search-summary")).to_have_attribute("data-count", "130")
+    shown = tiles(page).count()
+    assert 0 < shown < 130
+    page.click("#load-more")
+    expect(tiles(page)).to_have_count(130)
+    expect(page.locator("#load-more")).to_be_hidden()
+    ids = page.evaluate("[...document.querySelectorAll('#photo-grid .photo-card')].map(c => c.id)")
+    assert len(set(ids)) == 130
+    # The photo view steps through the results as listed.
+    tiles(page).nth(shown).locator(".photo-link").click()
+    expect(page.locator("#prev-photo")).to_be_visible()
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#photo")).to_have_attribute("data-image-id", ids[shown - 1][6:])
+    page.keyboard.press("Escape")
+    expect(page).to_have_url(re.compile(r"/search\?label=dog$"))
+
+
 def test_an_album_of_10000_photos_opens_within_a_second(page: Page, web: WebOnly) -> None:
     user = sign_up(page, web)
     album_url = create_album(page, "Ten thousand")

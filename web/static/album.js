@@ -48,50 +48,13 @@
 
   // --- tiles -----------------------------------------------------------------------------------
 
-  function fillCard(card, image) {
-    const display = image.display;
-    card.id = "photo-" + image.id;
-    card.dataset.imageId = image.id;
-    card.dataset.status = image.status;
-    const link = card.querySelector(".photo-link");
-    link.href = image.urls.page;
-    link.setAttribute("aria-label", display.title);
-
-    const thumb = card.querySelector("img.thumb");
-    const placeholder = card.querySelector(".thumb-placeholder");
-    if (image.urls.thumbnail) {
-      if (thumb.getAttribute("src") !== image.urls.thumbnail) thumb.src = image.urls.thumbnail;
-      thumb.hidden = false;
-      placeholder.hidden = true;
-    } else {
-      thumb.hidden = true;
-      placeholder.hidden = false;
-    }
-    const badge = card.querySelector(".status-badge");
-    badge.dataset.status = image.status;
-    badge.textContent = display.status;
-    badge.hidden = image.status === "done";
-    const reason = card.querySelector(".reason");
-    reason.textContent = display.reason || "";
-    reason.hidden = !display.reason;
-    card.querySelector(".file-name").textContent = image.fileName;
-    for (const span of card.querySelectorAll(".action-name")) span.textContent = " " + image.fileName;
-    card.querySelector(".select-photo").setAttribute("aria-label", "Select " + image.fileName);
-
-    const retry = card.querySelector(".retry-button");
-    retry.dataset.url = image.actions.retry || "";
-    retry.hidden = !image.actions.retry;
-    card.querySelector(".delete-photo-button").dataset.url = image.actions.delete;
-    return card;
-  }
-
   function cardFor(image) {
     const card =
       document.getElementById("photo-" + image.id) ||
       cardTemplate.content.firstElementChild.cloneNode(true);
     const stamp = JSON.stringify(image);
     if (stamps.get(image.id) !== stamp || !card.id) {
-      fillCard(card, image);
+      imagerec.fillCard(card, image);
       stamps.set(image.id, stamp);
     }
     return card;

@@ -1,5 +1,6 @@
-// Shared by every page: the CSRF token for API calls, confirmation of destructive forms, and a
-// photo tile's own buttons (delete in place, retry), wherever tiles are shown.
+// Shared by every page: the CSRF token for API calls, confirmation of destructive forms, photo
+// tiles (filling one from the API, its own delete and retry buttons, opening it in the photo
+// view with previous/next), and search results' "Load more".
 "use strict";
 
 window.imagerec = {
@@ -36,6 +37,45 @@ window.imagerec = {
     if (!region || !text) return;
     region.textContent = "";
     window.setTimeout(() => (region.textContent = text), 50);
+  },
+
+  // A tile from the API's photo object: its display strings and action URLs, as text.
+  fillCard(card, image) {
+    const display = image.display;
+    card.id = "photo-" + image.id;
+    card.dataset.imageId = image.id;
+    card.dataset.status = image.status;
+    const link = card.querySelector(".photo-link");
+    link.href = image.urls.page;
+    link.setAttribute("aria-label", display.title);
+
+    const thumb = card.querySelector("img.thumb");
+    const placeholder = card.querySelector(".thumb-placeholder");
+    if (image.urls.thumbnail) {
+      if (thumb.getAttribute("src") !== image.urls.thumbnail) thumb.src = image.urls.thumbnail;
+      thumb.hidden = false;
+      placeholder.hidden = true;
+    } else {
+      thumb.hidden = true;
+      placeholder.hidden = false;
+    }
+    const badge = card.querySelector(".status-badge");
+    badge.dataset.status = image.status;
+    badge.textContent = display.status;
+    badge.hidden = image.status === "done";
+    const reason = card.querySelector(".reason");
+    reason.textContent = display.reason || "";
+    reason.hidden = !display.reason;
+    card.querySelector(".file-name").textContent = image.fileName;
+    for (const span of card.querySelectorAll(".action-name")) span.textContent = " " + image.fileName;
+    const select = card.querySelector(".select-photo"); // not on search results
+    if (select) select.setAttribute("aria-label", "Select " + image.fileName);
+
+    const retry = card.querySelector(".retry-button");
+    retry.dataset.url = image.actions.retry || "";
+    retry.hidden = !image.actions.retry;
+    card.querySelector(".delete-photo-button").dataset.url = image.actions.delete;
+    return card;
   },
 
   // Removes a tile from the page without moving what the user is looking at.
@@ -99,3 +139,26 @@ document.addEventListener("click", async (event) => {
     document.dispatchEvent(new CustomEvent("imagerec:changed", { detail: answer.body && answer.body.image }));
   }
 });
+
+// Search results beyond the first page, a page at a time (nextCursor).
+(() => {
+  const results = document.getElementById("search-results");
+  const more = document.getElementById("load-more");
+  if (!results || !more) return;
+  const template = document.getElementById("photo-card-template");
+  more.addEventListener("click", async () => {
+    more.disabled = true;
+    const url = new URL(results.dataset.imagesUrl, window.location.href);
+    url.searchParams.set("cursor", results.dataset.nextCursor);
+    const answer = await imagerec.api(url.pathname + url.search);
+    more.disabled = false;
+    if (!answer.ok) return;
+    let list = results.querySelector(".photo-grid");
+    for (const image of answer.body.images) {
+      if (document.getElementById("photo-" + image.id)) continue;
+      list.appendChild(imagerec.fillCard(template.content.firstElementChild.cloneNode(true), image));
+    }
+    results.dataset.nextCursor = answer.body.nextCursor || "";
+    more.hidden = !answer.body.nextCursor;
+  });
+})();
