@@ -53,8 +53,6 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # A signed session cookie carries the epoch it was made in; signing out moves it on, so
     # a copy of the cookie (kept, stolen) no longer signs anyone in.
     session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -63,6 +61,17 @@ class User(Base):
     albums: Mapped[list[Album]] = relationship(
         back_populates="owner", cascade="all, delete-orphan", passive_deletes=True
     )
+
+
+class SignInThrottle(Base):
+    """Failed sign-ins per username, whether or not an account has it: a name nobody owns
+    locks like a real one, so the answers never tell which names exist."""
+
+    __tablename__ = "sign_in_throttles"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Album(Base):

@@ -102,13 +102,8 @@ def _snapshot(backend, user_id: int) -> dict[str, Any]:
     for image in images:
         for key in (image["blob_key"], thumbnail_key(image["blob_key"])):
             blobs[key] = backend.blobs().get(key) if backend.blobs().exists(key) else None
-    # Anyone may fail to sign in as the user: the lockout counters are theirs to change.
-    lockout = ("failed_logins", "locked_until")
-    user = [
-        {k: v for k, v in row.items() if k not in lockout} for row in rows(User, User.id == user_id)
-    ]
     return {
-        "user": user,
+        "user": rows(User, User.id == user_id),
         "albums": rows(Album, Album.user_id == user_id),
         "images": images,
         "detections": rows(Detection, Detection.image_id.in_([i["id"] for i in images] or ["-"])),

@@ -8,11 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
 from test_web_app import PASSWORD, Account, make_app, page_csrf
 
 import web.auth
-from imagerec.models import User
+from imagerec.models import SignInThrottle
 
 pytest_plugins = ["test_web_app"]
 
@@ -233,9 +232,9 @@ def test_lockout_after_repeated_failures(backend, accounts):
     assert "locked" in locked.json["error"]
 
     with backend.session() as db:
-        user = db.scalar(select(User).where(User.username == "eve"))
-        assert user.locked_until is not None
-        user.locked_until = datetime.now(UTC) - timedelta(seconds=1)
+        throttle = db.get(SignInThrottle, "eve")
+        assert throttle.locked_until is not None
+        throttle.locked_until = datetime.now(UTC) - timedelta(seconds=1)
         db.commit()
     again = client.api("POST", "/api/session", json={"username": "eve", "password": PASSWORD})
     assert again.status_code == 200
@@ -248,7 +247,7 @@ def test_successful_sign_in_resets_the_failure_count(backend, ann, app):
         client.api("POST", "/api/session", json={"username": "ann", "password": "wrong pass"})
     client.api("POST", "/api/session", json={"username": "ann", "password": PASSWORD})
     with backend.session() as db:
-        assert db.scalar(select(User.failed_logins).where(User.username == "ann")) == 0
+        assert db.get(SignInThrottle, "ann").failures == 0
 
 
 @pytest.mark.parametrize("username", ["ann\x00", "a" * 300, "<script>"])
@@ -281,7 +280,7 @@ def test_guesses_sent_in_parallel_all_count_toward_the_lockout(backend):
         statuses = list(pool.map(guess, range(16)))
     assert set(statuses) <= {401, 429}
     with backend.session() as db:
-        assert db.scalar(select(User.locked_until).where(User.username == "eve")) is not None
+        assert db.get(SignInThrottle, "eve").locked_until is not None
     client = Account(app.test_client(), "eve")
     client.refresh_csrf()
     right = {"username": "eve", "password": PASSWORD}
@@ -349,7 +348,7 @@ def test_parallel_guesses_never_check_more_than_the_allowed_wrong_passwords(back
         == 201
     )
     with backend.session() as db:
-        db.execute(update(User).where(User.username == "eve").values(failed_logins=4))
+        db.add(SignInThrottle(username="eve", failures=4))
         db.commit()
     checked: list[str] = []
     real_check = web.auth.check_password_hash
@@ -402,3 +401,26 @@ def test_an_unknown_user_is_answered_like_a_wrong_password_after_a_hash_check(
     assert unknown.status_code == 401
     # Both checked a hash of the same kind (so both take as long).
     assert len(checked) == 2 and checked[0] == checked[1]
+
+
+def test_a_name_without_an_account_locks_like_one_with_an_account(backend):
+    """Otherwise the sixth answer (429 or 401) would tell which names exist."""
+    app = make_app(backend, LOGIN_MAX_FAILURES=3, LOGIN_LOCKOUT_SECONDS=600)
+    client = Account(app.test_client(), "x")
+    client.refresh_csrf()
+    client.csrf = client.api(
+        "POST", "/api/users", json={"username": "eve", "password": PASSWORD}
+    ).json["csrfToken"]
+    client.csrf = client.api("DELETE", "/api/session").json["csrfToken"]
+
+    def answers(username: str) -> list[tuple[int, str]]:
+        wrong = {"username": username, "password": "wrong pass"}
+        return [
+            (r.status_code, r.json["error"])
+            for r in (client.api("POST", "/api/session", json=wrong) for _ in range(4))
+        ]
+
+    known, unknown = answers("eve"), answers("nobody")
+
+    assert known == unknown
+    assert [status for status, _ in known] == [401, 401, 401, 429]

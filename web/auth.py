@@ -23,11 +23,12 @@ from flask import (
     url_for,
 )
 from sqlalchemy import case, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from imagerec.models import User
+from imagerec.models import SignInThrottle, User
 from web.db import aware, get_session
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -111,72 +112,78 @@ def sign_in(username: str, password: str) -> User:
 
     At most LOGIN_MAX_FAILURES wrong passwords are ever checked per lockout window, however
     many arrive at once: each attempt first reserves one of them in the database (one
-    conditional UPDATE), and only an attempt that got one has its password checked.
+    conditional UPDATE), and only an attempt that got one has its password checked. Names
+    without an account are counted and locked the same way, and their password is checked
+    against a dummy hash: no answer, nor its timing, tells which names exist.
     """
     db = get_session()
     username = username.strip()
-    user = (
-        db.scalar(select(User).where(User.username == username))
-        if USERNAME.match(username)
-        else None
-    )
-    if user is None:
-        # As slow as checking a real password, with the same answer: names are not guessable.
+    if not USERNAME.match(username):  # no account can have it: nothing to count
         check_password_hash(_DUMMY_HASH, password)
         raise SignInRefused(WRONG_CREDENTIALS)
     now = datetime.now(UTC)
-    attempt = _reserve_attempt(user, now)
+    attempt = _reserve_attempt(username, now)
     if attempt is None:
-        db.refresh(user)
-        until = aware(user.locked_until) if user.locked_until else now + _lockout()
+        throttle = db.get(SignInThrottle, username, populate_existing=True)
+        locked = throttle.locked_until if throttle and throttle.locked_until else None
+        until = aware(locked) if locked else now + _lockout()
         minutes = max(1, round((until - now).total_seconds() / 60))
         raise TooManyRequests(
             f"Too many failed sign-ins: this account is locked for {minutes} more minute(s)."
         )
-    if not check_password_hash(user.password_hash, password):
+    user = db.scalar(select(User).where(User.username == username))
+    right = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
+    if user is None or not right:
         if attempt >= current_app.config["LOGIN_MAX_FAILURES"]:
-            db.execute(
-                update(User)
-                .where(User.id == user.id)
-                .values(locked_until=now + _lockout(), failed_logins=0)
-            )
-            db.commit()
+            _set_throttle(username, locked_until=now + _lockout(), failures=0)
         raise SignInRefused(WRONG_CREDENTIALS)
     # Right: this attempt and the failures before it no longer count (attempts still being
     # checked keep theirs); a lock set meanwhile by one of them has reset the count already.
-    db.execute(
-        update(User)
-        .where(User.id == user.id)
-        .values(
-            failed_logins=case(
-                (User.failed_logins > attempt, User.failed_logins - attempt), else_=0
-            ),
-            locked_until=None,
-        )
+    _set_throttle(
+        username,
+        failures=case(
+            (SignInThrottle.failures > attempt, SignInThrottle.failures - attempt), else_=0
+        ),
+        locked_until=None,
     )
-    db.commit()
-    db.refresh(user)
     start_session(user)
     return user
 
 
-def _reserve_attempt(user: User, now: datetime) -> int | None:
+def _reserve_attempt(username: str, now: datetime) -> int | None:
     """Count this attempt as a failure before its password is checked: the number of
-    attempts counted so far (this one included), or None while the account is locked."""
+    attempts counted so far (this one included), or None while the name is locked."""
     db = get_session()
+    insert = postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
+    db.execute(
+        insert(SignInThrottle)
+        .values(username=username, failures=0)
+        .on_conflict_do_nothing(index_elements=[SignInThrottle.username])
+    )
     attempt = db.scalar(
-        update(User)
+        update(SignInThrottle)
         .where(
-            User.id == user.id,
-            User.failed_logins < current_app.config["LOGIN_MAX_FAILURES"],
-            or_(User.locked_until.is_(None), User.locked_until <= now),
+            SignInThrottle.username == username,
+            SignInThrottle.failures < current_app.config["LOGIN_MAX_FAILURES"],
+            or_(SignInThrottle.locked_until.is_(None), SignInThrottle.locked_until <= now),
         )
-        .values(failed_logins=User.failed_logins + 1)
-        .returning(User.failed_logins)
+        .values(failures=SignInThrottle.failures + 1)
+        .returning(SignInThrottle.failures)
         .execution_options(synchronize_session=False)
     )
     db.commit()  # at once: a parallel attempt must see this one
     return attempt
+
+
+def _set_throttle(username: str, **values: Any) -> None:
+    db = get_session()
+    db.execute(
+        update(SignInThrottle)
+        .where(SignInThrottle.username == username)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    db.commit()
 
 
 def _lockout() -> timedelta:
