@@ -82,6 +82,10 @@ class Album(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Counts photos that left the album (deleted or moved away). Every other change stamps a
+    # photo row's updated_at, so this and the newest stamp tell whether the album changed
+    # without reading its photos (the web's ETag).
+    removals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     owner: Mapped[User] = relationship(back_populates="albums")
     images: Mapped[list[Image]] = relationship(
@@ -164,6 +168,7 @@ Index("ix_images_album_id_taken", Image.album_id, TAKEN_KEY, Image.id)
 Index("ix_images_user_id_created_at", Image.user_id, Image.created_at, Image.id)
 Index("ix_images_user_id_taken", Image.user_id, TAKEN_KEY, Image.id)
 Index("ix_images_album_id_updated_at", Image.album_id, Image.updated_at, Image.status)
+Index("ix_images_album_id_status", Image.album_id, Image.status)
 
 
 class Detection(Base):

@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from flask import current_app, g
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -182,8 +183,16 @@ def delete_image(image: Image) -> None:
     keys = _blob_keys(image)
     db = get_session()
     db.delete(image)
+    _count_removal(image.album_id)
     db.commit()
     _delete_blobs(keys)
+
+
+def _count_removal(album_id: int) -> None:
+    """A photo leaves the album: the one change no remaining photo's updated_at shows."""
+    get_session().execute(
+        update(Album).where(Album.id == album_id).values(removals=Album.removals + 1)
+    )
 
 
 def _blob_keys(image: Image) -> list[str]:
@@ -236,6 +245,7 @@ def move_image(image: Image, album: Album) -> Image:
         raise Conflict(f"{image.file_name}'s file is gone; delete it instead.") from None
     except BlobStoreUnavailable as e:
         raise ServiceUnavailable("The photo store is unreachable; try again shortly.") from e
+    _count_removal(image.album_id)
     image.album_id, image.blob_key, image.thumbnail_key = album.id, new_key, new_thumbnail
     try:
         db.commit()

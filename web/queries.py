@@ -228,30 +228,32 @@ IN_FLIGHT = (Status.UPLOADED, Status.PROCESSING)
 
 @dataclass(frozen=True)
 class AlbumState:
-    photos: int
     last_change: datetime | None
-    in_flight: int
+    in_flight: bool
 
     def settled(self, now: datetime) -> bool:
         """Nothing being processed, and no write that may still be committing: the album can
-        only change through a new write, which moves `last_change` or `photos`."""
+        then only change through a new write, which moves `last_change` or the album's
+        `removals`."""
         recent = self.last_change is not None and aware(self.last_change) > now - COMMIT_SLACK
-        return self.in_flight == 0 and not recent
+        return not self.in_flight and not recent
 
 
 def album_state(album: Album) -> AlbumState:
-    """One aggregate over the album's (album_id, updated_at, status) index: no photo is read."""
-    in_flight = func.sum(case((Image.status.in_(IN_FLIGHT), 1), else_=0))
-    photos, last_change, busy = (
-        get_session()
-        .execute(
-            select(func.count(), func.max(Image.updated_at), in_flight).where(
-                Image.album_id == album.id
-            )
-        )
-        .one()
+    """Two index lookups, however large the album: no photo is read."""
+    # ORDER BY ... LIMIT 1 rather than max(): a seek to the index's end on every database.
+    last_change = (
+        select(Image.updated_at)
+        .where(Image.album_id == album.id)
+        .order_by(Image.updated_at.desc())
+        .limit(1)
+        .scalar_subquery()
     )
-    return AlbumState(photos, last_change, busy or 0)
+    in_flight = (
+        select(Image.id).where(Image.album_id == album.id, Image.status.in_(IN_FLIGHT)).exists()
+    )
+    row = get_session().execute(select(last_change, in_flight)).one()
+    return AlbumState(row[0], bool(row[1]))
 
 
 def changed_images(album: Album, since: datetime, now: datetime) -> list[Image] | None:
@@ -271,13 +273,17 @@ def changed_images(album: Album, since: datetime, now: datetime) -> list[Image] 
             (Status.PROCESSING, config["STUCK_AFTER_SECONDS"]),
         )
     ]
-    longest = max(config["RETRY_UPLOADED_AFTER_SECONDS"], config["STUCK_AFTER_SECONDS"])
-    # Implied by the terms of the OR; said once more so the whole query is one index range.
-    oldest = Image.updated_at >= since - COMMIT_SLACK - timedelta(seconds=longest)
     images = list(
         get_session().scalars(
             select(Image)
-            .where(Image.album_id == album.id, oldest, or_(written, *became_retryable))
+            .where(
+                or_(
+                    *(
+                        and_(Image.album_id == album.id, term)
+                        for term in (written, *became_retryable)
+                    )
+                )
+            )
             .order_by(Image.updated_at.desc(), Image.id)
             .limit(MAX_CHANGES + 1)
             .options(selectinload(Image.detections))
