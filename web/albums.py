@@ -11,19 +11,17 @@ from web import actions, queries
 from web.auth import login_required
 from web.bodies import uploaded_files
 from web.errors import Duplicate
-from web.present import SORTS, STATUS_TEXT, album_json, image_json
+from web.present import SORTS, album_json, file_size, image_json
 
 bp = Blueprint("albums", __name__)
 
-CARD_FIELDS = [
+# The photo page's details, in order: (field, title).
+DETAIL_FIELDS = [
     ("taken", "Taken"),
     ("camera", "Camera"),
     ("dimensions", "Size"),
     ("bytes", "File"),
     ("place", "Place"),
-]
-DETAIL_FIELDS = [
-    *CARD_FIELDS,
     ("format", "Format"),
     ("orientation", "Orientation"),
     ("uploaded", "Uploaded"),
@@ -45,12 +43,7 @@ def meta_value(image: dict[str, Any], field: str) -> str | None:
 
 @bp.app_context_processor
 def _page_helpers() -> dict[str, Any]:
-    return {
-        "status_text": lambda status: STATUS_TEXT.get(status, status),
-        "meta_fields": CARD_FIELDS,
-        "detail_fields": DETAIL_FIELDS,
-        "meta_value": meta_value,
-    }
+    return {"detail_fields": DETAIL_FIELDS, "meta_value": meta_value}
 
 
 @bp.get("/")
@@ -91,6 +84,8 @@ def album(album_id: int):
         labels=labels,
         label=label or None,
         max_upload_bytes=current_app.config["MAX_UPLOAD_BYTES"],
+        # The limit as the pages say it ("30 MB"), from the one byte formatter.
+        upload_limit=file_size(current_app.config["MAX_UPLOAD_BYTES"]),
     )
 
 
