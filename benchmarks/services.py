@@ -24,7 +24,7 @@ LIGHT_STEPS = ("extract-metadata", "make-thumbnail", "store-results", "record-fa
 BARE_IMPORTS = {
     "extract-metadata": "functions_framework, PIL.Image, pillow_heif, exifread, sqlalchemy.orm,"
     " jsonschema",
-    "make-thumbnail": "functions_framework, PIL.Image, pillow_heif, jsonschema",
+    "make-thumbnail": "functions_framework, PIL.Image, pillow_heif, sqlalchemy.orm, jsonschema",
     "store-results": "functions_framework, sqlalchemy.orm, jsonschema",
     "record-failure": "functions_framework, sqlalchemy.orm, jsonschema",
     "web": "gunicorn.app.wsgiapp, flask, sqlalchemy.orm, PIL.Image, jsonschema",

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
-
-import redis
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 
@@ -93,6 +92,9 @@ class FolderBlobStore:
 
 class RedisBlobStore:
     def __init__(self, url: str) -> None:
+        # Imported here: a process on the folder store never needs the Redis client.
+        import redis
+
         self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
 
     def put(self, key: str, data: bytes) -> None:
@@ -120,6 +122,9 @@ class _unavailable_on_connection_error:
         return None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        redis = sys.modules.get("redis")  # imported by RedisBlobStore, the only user of this
+        if exc is None or redis is None:
+            return False
         if isinstance(exc, redis.exceptions.ConnectionError | redis.TimeoutError):
             raise BlobStoreUnavailable(f"blob store unreachable: {exc}") from exc
         # Full (maxmemory with noeviction): a write may succeed once space is made; retry.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _engines: dict[str, Engine] = {}
@@ -56,6 +58,10 @@ def session_factory(url: str) -> sessionmaker[Session]:
 
 
 def alembic_config(url: str) -> Config:
+    # Imported here: only migrating needs Alembic, and importing it costs every process that
+    # opens a session (each step) about a tenth of a second at start.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
@@ -64,4 +70,6 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the schema to `revision`; safe to run on every start."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)

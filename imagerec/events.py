@@ -13,13 +13,15 @@ from collections.abc import Mapping
 from datetime import datetime
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudevents.exceptions
 import jsonschema
-import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
+
+if TYPE_CHECKING:
+    import requests
 
 from imagerec import jsontext
 from imagerec.logs import TRACEPARENT, new_traceparent
@@ -179,9 +181,14 @@ def encode(event: CloudEvent, structured: bool = False) -> tuple[dict[str, str],
     return dict(headers), body if isinstance(body, bytes) else str(body).encode()
 
 
-# One keep-alive connection pool per process for every send to the sink: a new TCP connection
-# per event cost more than the send itself.
-_sink_session = requests.Session()
+@cache
+def _sink_session() -> requests.Session:
+    """One keep-alive connection pool per process for every send to the sink: a new TCP
+    connection per event cost more than the send itself. Made on the first send, with requests
+    imported then: the steps only reply, and importing it costs each of them about 0.1 s."""
+    import requests
+
+    return requests.Session()
 
 
 # Where a SinkBinding mounts its subject's token when Knative Eventing's OIDC authentication is
@@ -213,8 +220,10 @@ def emit(event: CloudEvent, sink: str, timeout: float = 10.0) -> None:
         event[TRACEPARENT] = new_traceparent()
     headers, body = encode(event)
     headers.update(oidc_authorization())
+    import requests
+
     try:
-        response = _sink_session.post(sink, data=body, headers=headers, timeout=timeout)
+        response = _sink_session().post(sink, data=body, headers=headers, timeout=timeout)
     except requests.RequestException as e:
         raise EmitFailed(f"could not reach {sink}: {e}") from e
     if not 200 <= response.status_code < 300:
