@@ -86,11 +86,11 @@ def extract_metadata(event: CloudEvent) -> CloudEvent:
 
 
 def _metadata(original: bytes) -> dict[str, Any]:
-    kind, image = _decode(original)
+    kind, image, (width, height) = _decode(original)
     with image:
         # Libraries disagree on broken EXIF: per field, the first that reads it sensibly wins.
         sources = (_pillow_tags(image), _exifread_tags(original))
-        size = {"width": image.width, "height": image.height}
+        size = {"width": width, "height": height}
     return {
         "creationTime": _first(_creation_time, sources, "datetime", "offset"),
         "geo": _first(_geo, sources, "lat", "lat_ref", "lon", "lon_ref"),
@@ -106,8 +106,10 @@ def _metadata(original: bytes) -> dict[str, Any]:
     }
 
 
-def _decode(original: bytes) -> tuple[str, Image.Image]:
-    """The format (by content) and the fully decoded image, or _Unacceptable saying why not."""
+def _decode(original: bytes) -> tuple[str, Image.Image, tuple[int, int]]:
+    """The format (by content), the decoded image and its stored size, or _Unacceptable
+    saying why not. A JPEG is decoded at 1/8 scale: libjpeg still reads and checks every
+    byte of the compressed data (a cut-off file fails alike), but skips most of the work."""
     if not original:
         raise _Unacceptable("The file is empty (zero bytes).")
     limit = settings().max_upload_bytes
@@ -130,6 +132,9 @@ def _decode(original: bytes) -> tuple[str, Image.Image]:
     # The header's size is checked before a single pixel is decoded.
     if image.width * image.height > settings().max_image_pixels:
         raise _Unacceptable(_too_large(name, image.size))
+    size = image.size
+    if kind == "JPEG":
+        image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
     try:
         image.load()
     except Image.DecompressionBombError:
@@ -138,7 +143,7 @@ def _decode(original: bytes) -> tuple[str, Image.Image]:
         raise _Unacceptable(
             f"The {name} image is truncated or damaged and cannot be decoded."
         ) from None
-    return kind, image
+    return kind, image, size
 
 
 def _boxes_complete(data: bytes) -> bool:
