@@ -23,6 +23,8 @@ import numpy as np
 from cloudevents.http import CloudEvent
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from imagerec.blobstore import BlobNotFound, has_working_copy, working_key
+from imagerec.cpus import tensorflow_threads, usable_cpus
 from imagerec.events import LABELLED, THUMBNAILED, BadEvent, event_data, new_event
 from imagerec.formats import register_heif_opener
 from imagerec.pixels import displayable
@@ -32,12 +34,15 @@ log = logging.getLogger("imagerec.detect_objects")
 register_heif_opener()
 
 SOURCE = "/functions/detect-objects"
-# The detector letterboxes to 512x512 itself, so more pixels only cost decoding time; but
-# shrinking airport.jpg (1280 px) to 1024 dropped its airplane from 0.258 to 0.23-0.24, so
-# only phone-sized photos are shrunk, by whole factors, to between MAX_SIDE and twice that.
-MAX_SIDE = 2048
+# The detector letterboxes to 512x512 itself, so more pixels only cost decoding and copying.
+# But every resampling before its own costs small objects their score: airport.jpg's airplane
+# scores 0.258 at its 1280 px, 0.21-0.24 shrunk to 1024 or 768 by any Pillow filter
+# (benchmarks/threshold.py). So photos are only shrunk where the JPEG decoder does it for free
+# (DCT scaling by 1/2, 1/4, 1/8, never below MAX_SIDE), or, past twice that, by whole factors.
+MAX_SIDE = 768
 
 Detector = Callable[..., dict[str, Any]]
+_ORIENTATION = 0x0112
 _detectors: dict[str, Detector] = {}
 _loading = threading.Lock()
 
@@ -47,7 +52,7 @@ def _detect_objects(event: CloudEvent) -> CloudEvent:
         raise BadEvent(f"detect-objects takes {THUMBNAILED}, not {event['type']}")
     data = event_data(event)
     detector = load_detector(settings().detector_model)
-    image = _decode(blob_store().get(data["blobKey"]))
+    image = _decode(_pixels_source(data["blobKey"]))
     detections = detect(detector, image, settings().detection_threshold)
     labelled = {
         **data,
@@ -56,6 +61,18 @@ def _detect_objects(event: CloudEvent) -> CloudEvent:
         "model": settings().detector_model,
     }
     return new_event(LABELLED, SOURCE, labelled, subject=data["imageId"])
+
+
+def _pixels_source(original: str) -> bytes:
+    """The bytes to decode: make-thumbnail's working copy (a JPEG) where the original has one,
+    as it decodes for a fraction of the original's cost; else, or if it is gone, the original."""
+    blobs = blob_store()
+    if has_working_copy(original):
+        try:
+            return blobs.get(working_key(original))
+        except BlobNotFound:
+            log.info("no working copy of %s; decoding the original", original)
+    return blobs.get(original)
 
 
 def load_detector(model: str) -> Detector:
@@ -71,9 +88,9 @@ def load_detector(model: str) -> Detector:
         if model not in _detectors:
             try:
                 tf, hub = _import_tensorflow()
-                loaded = hub.load(model).signatures["default"]
+                loaded = _uint8_input(tf, hub.load(model).signatures["default"])
                 # The first call optimises the graph (0.4-0.7 s): pay it before taking traffic.
-                loaded(tf.zeros([1, 64, 64, 3], tf.float32))
+                loaded(tf.zeros([64, 64, 3], tf.uint8))
             except Exception as e:
                 log.warning("cannot load detector %s: %s", model, e)
                 message = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -83,15 +100,22 @@ def load_detector(model: str) -> Detector:
     return _detectors[model]
 
 
-def detector_ready() -> bool:
-    """The readiness probe: ready once the configured detector is loaded and warm.
+def detector_ready() -> dict[str, Any] | bool:
+    """The readiness probe: ready once the configured detector is loaded and warm, saying
+    how TensorFlow runs (its thread pools, as sized from the container's CPU limit).
 
     The probe answers at once (Knative's probe times out after a second or so); the first
     probe starts loading in the background, and a later one finds it done.
     """
     model = settings().detector_model
     if model in _detectors:
-        return True
+        tf, _ = _import_tensorflow()
+        return {
+            "status": "ready",
+            "usableCpus": usable_cpus(),
+            "intraOpThreads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "interOpThreads": tf.config.threading.get_inter_op_parallelism_threads(),
+        }
     if not _loading.locked():
         threading.Thread(target=_load_quietly, args=(model,), daemon=True).start()
     return False
@@ -103,9 +127,10 @@ def _load_quietly(model: str) -> None:
 
 
 def detect(detector: Detector, image: Image.Image, threshold: float) -> list[dict[str, Any]]:
-    """Detections scoring at least `threshold`, best first, boxes as [ymin, xmin, ymax, xmax].
+    """Detections in an RGB image (as `_decode` makes it) scoring at least `threshold`, best
+    first, boxes as [ymin, xmin, ymax, xmax].
 
-    Threshold, measured on shared/testdata/images/objects (benchmarks/run.py, "threshold"):
+    Threshold, measured on shared/testdata/images/objects (benchmarks/threshold.py):
     the weakest prominent object is airport.jpg's airplane at 0.258 (the model README's list
     agrees: its real objects score 0.25-0.77; the dog in dog.jpg 0.38, the truck 0.29), so
     the default 0.25 is the highest round value that keeps every one of them. Lowering it
@@ -114,9 +139,7 @@ def detect(detector: Detector, image: Image.Image, threshold: float) -> list[dic
     still score above it (airport.jpg: Clock 0.34, Person 0.33; horses.jpg: Cow 0.27 on a
     horse's box), so no threshold separates this model's right and wrong labels completely.
     """
-    tf, _ = _import_tensorflow()
-    pixels = np.asarray(image, dtype=np.float32)[np.newaxis, ...] / 255.0
-    result = detector(tf.constant(pixels))
+    result = detector(np.asarray(image))
     detections = []
     for label, score, box in zip(
         result["detection_class_entities"].numpy(),
@@ -147,25 +170,43 @@ def best_per_label(detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _decode(original: bytes) -> Image.Image:
-    """The original as the viewer sees it: orientation applied, RGB, about MAX_SIDE or less."""
+    """The original as the viewer sees it: upright, RGB, shrunk towards MAX_SIDE pixels a
+    side where that is nearly free (see MAX_SIDE). Every step here is skipped when it has
+    nothing to do: each would copy the whole image."""
     try:
         image = Image.open(io.BytesIO(original))
         if image.width * image.height > settings().max_image_pixels:
             raise Refused(f"the original has {image.width}x{image.height} pixels, too many")
         # JPEG only: libjpeg decodes at 1/2, 1/4 or 1/8 scale, no smaller than asked.
         image.draft("RGB", _shrunk(image.size, MAX_SIDE))
-        image = ImageOps.exif_transpose(image)
+        image.load()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise Refused(f"the original cannot be decoded: {e}") from e
     factor = max(image.size) // MAX_SIDE
     if factor > 1:  # what draft() could not shrink (PNG, WebP, HEIC): a cheap box filter
-        image = image.reduce(factor)
-    return displayable(image).convert("RGB")
+        image = displayable(image).reduce(factor)  # 16-bit greyscale first: reduce clips it
+    # Turned after shrinking, so fewer pixels move; HEIF openers have already applied theirs.
+    if image.getexif().get(_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    image = displayable(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _shrunk(size: tuple[int, int], longest: int) -> tuple[int, int]:
     scale = min(1.0, longest / max(size))
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _uint8_input(tf, signature: Detector) -> Detector:
+    """The model's signature taking one HxWx3 uint8 image: the cast to float32 in [0, 1] and
+    the batch axis happen inside the graph, so Python hands over the decoded bytes as they
+    are (a float32 copy of a photo is four times its size, made twice on the Python side)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    def detector(pixels):
+        return signature(tf.image.convert_image_dtype(pixels, tf.float32)[tf.newaxis, ...])
+
+    return detector
 
 
 def _import_tensorflow():
@@ -183,6 +224,11 @@ def _import_tensorflow():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+    # Before any op runs (later calls are refused): TensorFlow would size its pools from the
+    # host's cores, not the container's CPU limit, and oversubscribe the quota.
+    intra_op, inter_op = tensorflow_threads()
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     return tf, hub
 
 

@@ -70,9 +70,10 @@ Step = Callable[[CloudEvent], CloudEvent | None]
 
 
 def cloudevent_step(
-    step: Step, ready: Callable[[], bool] = lambda: True
+    step: Step, ready: Callable[[], bool | dict] = lambda: True
 ) -> Callable[[flask.Request], flask.typing.ResponseReturnValue]:
-    """`ready` answers GET (the readiness probe): a step that is not ready answers 503."""
+    """`ready` answers GET (the readiness probe): a step that is not ready answers 503; a
+    ready one 200, with `ready`'s dict as JSON when it returns one."""
     # functions-framework configures no logging; without this a step's INFO lines (one per
     # event) vanish. JSON lines named after the step (K_SERVICE on a cluster).
     logs.configure(step.__name__.replace("_", "-"))
@@ -80,7 +81,11 @@ def cloudevent_step(
     @functools.wraps(step)
     def entry_point(request: flask.Request) -> flask.typing.ResponseReturnValue:
         if request.method == "GET":
-            return _plain(200, "ready") if ready() else _plain(503, "not ready")
+            state = ready()
+            if not state:
+                return _plain(503, "not ready")
+            # A step may say more about how it runs (the detector: its thread settings).
+            return (state, 200) if isinstance(state, dict) else _plain(200, "ready")
         if request.method != "POST":
             return _plain(405, "POST a CloudEvent")
         try:

@@ -17,6 +17,7 @@ from conftest import IMAGES, manifest
 from pipeline import start_dev_stack
 
 from imagerec.blobstore import original_key
+from imagerec.cpus import request_threads, tensorflow_threads, usable_cpus
 from imagerec.db import session_factory
 from imagerec.events import UPLOADED, encode, new_event
 from imagerec.formats import extension_for
@@ -261,3 +262,16 @@ def test_every_service_logs_json_lines_and_one_photo_is_one_trace(tmp_path, monk
     assert {line["service"] for line in about(stuck)} >= {"reconciler", "runner"} | steps
     assert len({line.get("traceId") for line in about(stuck)}) == 1, about(stuck)
     assert about(stuck)[0]["traceId"] != about(uploaded)[0]["traceId"]
+
+
+def test_the_detector_sizes_its_threads_from_the_cpu_limit(stack):
+    """TensorFlow's pools and the request threads follow the container's CPU limit (cgroup),
+    not the host's core count: measured in the running detector, not taken from its config."""
+    answer = requests.get(stack.children["detect-objects"].url, timeout=10)
+
+    assert answer.status_code == 200
+    state = answer.json()
+    assert state["usableCpus"] == usable_cpus()
+    assert (state["intraOpThreads"], state["interOpThreads"]) == tensorflow_threads()
+    assert stack.children["detect-objects"].env["THREADS"] == str(usable_cpus())
+    assert stack.children["make-thumbnail"].env["THREADS"] == str(request_threads())

@@ -12,7 +12,7 @@ import requests
 from PIL import Image, ImageChops, ImageOps, ImageStat
 
 import imagerec.steps
-from imagerec.blobstore import thumbnail_key
+from imagerec.blobstore import WORKING_COPY_SIDE, thumbnail_key, working_key
 from imagerec.events import ACCEPTED, THUMBNAILED, UPLOADED, encode
 from imagerec.models import Image as ImageRow
 from imagerec.steps import settings
@@ -301,3 +301,31 @@ def test_the_functions_framework_command_serves_the_step(embedded_backend, monke
     assert data["thumbnailKey"] == thumbnail_key(accepted["blobKey"])
     assert embedded_backend.blobs().exists(data["thumbnailKey"])
     imagerec.steps.settings.cache_clear()
+
+
+def test_a_heic_gets_an_upright_working_copy_from_the_same_decode(
+    configured, extract, client, owner, tmp_path
+):
+    """Detection and the browser read this JPEG instead of decoding the HEIC again."""
+    entry = next(e for e in ORIENTED if e["file"] == "exif/orient6_landscape.jpg")
+    with Image.open(IMAGES / entry["file"]) as jpeg:
+        upright = ImageOps.exif_transpose(jpeg).convert("RGB")
+        big = upright.resize((upright.width * 6, upright.height * 6))
+        big.save(tmp_path / "big.heic", "HEIF", quality=90)
+    accepted = accepted_data(configured, extract, tmp_path / "big.heic", owner)
+
+    reply_data(post_event(client, event_for(accepted, ACCEPTED)))
+
+    copy = Image.open(io.BytesIO(configured.blobs().get(working_key(accepted["blobKey"]))))
+    assert copy.format == "JPEG"
+    assert WORKING_COPY_SIDE / 2 < max(copy.size) <= WORKING_COPY_SIDE
+    assert copy.width / copy.height == pytest.approx(big.width / big.height, abs=0.01)
+    assert _difference(copy.convert("RGB"), big.resize(copy.size)) < 6
+
+
+def test_a_jpeg_gets_no_working_copy(configured, extract, client, owner):
+    accepted = accepted_data(configured, extract, IMAGES / "exif/canon_sx60_orient6.jpg", owner)
+
+    reply_data(post_event(client, event_for(accepted, ACCEPTED)))
+
+    assert not configured.blobs().exists(working_key(accepted["blobKey"]))

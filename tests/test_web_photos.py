@@ -12,7 +12,7 @@ from conftest import IMAGES, manifest
 from PIL import Image as PILImage
 from test_web_app import BUS, DOG, count, make_app, set_done, sign_up
 
-from imagerec.blobstore import thumbnail_key
+from imagerec.blobstore import thumbnail_key, working_key
 from imagerec.events import UPLOADED, event_data, parse_event
 from imagerec.models import Detection, Image, Status
 
@@ -290,6 +290,27 @@ def test_heic_is_converted_to_jpeg_for_display(ann):
         # Upright as the viewer sees it: the same shape as the manifest's display size.
         portrait = entry["display_height"] > entry["display_width"]
         assert (picture.height > picture.width) is portrait
+
+
+def test_a_heics_working_copy_is_displayed_without_decoding_the_heic(backend, ann):
+    image = ann.upload_one(ann.create_album(), HEIC)
+    copy = DOG.read_bytes()  # make-thumbnail's upright JPEG; any JPEG shows which is served
+    backend.blobs().put(working_key(_row(backend, image["id"]).blob_key), copy)
+
+    shown = ann.get(image["urls"]["display"])
+
+    assert shown.status_code == 200 and shown.content_type == "image/jpeg"
+    assert shown.data == copy
+
+
+def test_deleting_a_heic_removes_its_working_copy(backend, ann):
+    image = ann.upload_one(ann.create_album(), HEIC)
+    key = working_key(_row(backend, image["id"]).blob_key)
+    backend.blobs().put(key, DOG.read_bytes())
+
+    assert ann.api("DELETE", f"/api/images/{image['id']}").status_code == 204
+
+    assert not backend.blobs().exists(key)
 
 
 def test_display_refuses_to_decode_a_huge_heif(backend):

@@ -22,7 +22,14 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, Conflict, RequestEntityTooLarge, ServiceUnavailable
 
 from imagerec import states
-from imagerec.blobstore import BlobNotFound, BlobStoreUnavailable, original_key, thumbnail_key
+from imagerec.blobstore import (
+    BlobNotFound,
+    BlobStoreUnavailable,
+    has_working_copy,
+    original_key,
+    thumbnail_key,
+    working_key,
+)
 from imagerec.events import UPLOADED, new_event
 from imagerec.formats import extension_for
 from imagerec.images import same_photo_in_album, uploaded_event_data
@@ -197,8 +204,12 @@ def _count_removal(album_id: int) -> None:
 
 def _blob_keys(image: Image) -> list[str]:
     # Derived from the original's key, never the stored thumbnail_key: that column only says
-    # a thumbnail exists (and the pipeline may write one after this row was read).
-    return sorted({image.blob_key, thumbnail_key(image.blob_key)})
+    # a thumbnail exists (and the pipeline may write one after this row was read). The
+    # working copy of a HEIC is derived too, and never recorded.
+    keys = {image.blob_key, thumbnail_key(image.blob_key)}
+    if has_working_copy(image.blob_key):
+        keys.add(working_key(image.blob_key))
+    return sorted(keys)
 
 
 def _delete_blobs(keys: list[str]) -> None:
@@ -241,6 +252,8 @@ def move_image(image: Image, album: Album) -> Image:
         blobs.put(new_key, blobs.get(image.blob_key))
         if image.thumbnail_key and new_thumbnail:
             blobs.put(new_thumbnail, blobs.get(thumbnail_key(image.blob_key)))
+        if has_working_copy(image.blob_key) and blobs.exists(working_key(image.blob_key)):
+            blobs.put(working_key(new_key), blobs.get(working_key(image.blob_key)))
     except BlobNotFound:
         raise Conflict(f"{image.file_name}'s file is gone; delete it instead.") from None
     except BlobStoreUnavailable as e:
@@ -251,7 +264,8 @@ def move_image(image: Image, album: Album) -> Image:
         db.commit()
     except IntegrityError:  # the same bytes reached that album meanwhile
         db.rollback()
-        _delete_blobs([new_key, thumbnail_key(new_key)])
+        new_keys = [new_key, thumbnail_key(new_key)]
+        _delete_blobs(new_keys + ([working_key(new_key)] if has_working_copy(new_key) else []))
         existing = same_photo_in_album(db, album.id, image.content_hash or "")
         if existing is None:
             raise

@@ -23,7 +23,14 @@ from flask import (
 )
 from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
 
-from imagerec.blobstore import BlobNotFound, BlobStoreUnavailable, thumbnail_key
+from imagerec.blobstore import (
+    WORKING_COPY_SIDE,
+    BlobNotFound,
+    BlobStoreUnavailable,
+    has_working_copy,
+    thumbnail_key,
+    working_key,
+)
 from imagerec.formats import FORMATS, register_heif_opener, sniff_format
 from web import actions, queries
 from web.auth import login_required
@@ -33,7 +40,7 @@ from web.present import image_json
 bp = Blueprint("photos", __name__, url_prefix="/photos")
 log = logging.getLogger("imagerec.web")
 
-DISPLAY_SIDE = 2048
+DISPLAY_SIDE = WORKING_COPY_SIDE
 
 
 @bp.get("/<image_id>")
@@ -100,12 +107,24 @@ def display(image_id: str):
     if kind and FORMATS[kind].browsers_show:
         return _blob_response(data, kind, image.file_name)
     if kind == "HEIF" and image.status != "rejected":
+        copy = _working_copy(image.blob_key)  # make-thumbnail's: no HEIC decode per view
+        if copy is not None:
+            return _blob_response(copy, "JPEG", image.file_name)
         try:
             jpeg = _heif_as_jpeg(data, current_app.config["MAX_IMAGE_PIXELS"])
             return _blob_response(jpeg, "JPEG", image.file_name)
         except Exception as e:  # a broken HEIF is the pipeline's to reject, not ours to 500
             log.info("cannot convert %s for display: %s", image.id, e)
     raise NotFound("This photo cannot be shown in a browser.")
+
+
+def _working_copy(key: str) -> bytes | None:
+    if not has_working_copy(key):
+        return None
+    try:
+        return get_blobs().get(working_key(key))
+    except (BlobNotFound, BlobStoreUnavailable):
+        return None
 
 
 def _read(key: str) -> bytes:

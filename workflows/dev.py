@@ -28,6 +28,7 @@ import requests
 
 from imagerec import logs
 from imagerec.config import Settings
+from imagerec.cpus import request_threads, usable_cpus
 from imagerec.db import session_factory, upgrade
 from workflows.manifests import load_manifests
 from workflows.reconciler import Reconciler
@@ -169,6 +170,12 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
+def step_threads(name: str) -> int:
+    """Request threads for a step: the detector one per usable CPU (TensorFlow already spreads
+    each call over all of them), the light steps a few per CPU to overlap their I/O."""
+    return usable_cpus() if name == "detect-objects" else request_threads()
+
+
 class DevStack:
     """The web service, every step, the runner and the reconciler, started together."""
 
@@ -230,7 +237,11 @@ class DevStack:
             "--port",
             str(port),
         ]
-        return Child(name, argv, self._env(name), f"http://127.0.0.1:{port}", self.log_fd)
+        env = self._env(name)
+        # functions-framework defaults to 4 request threads per host core; each thread of the
+        # detector holds a decoded photo and TensorFlow's buffers (8 of them: 2.6 GiB).
+        env.setdefault("THREADS", str(step_threads(name)))
+        return Child(name, argv, env, f"http://127.0.0.1:{port}", self.log_fd)
 
     def start(self, ready_timeout: float = 120.0) -> DevStack:
         if self.log_fd is not None:
