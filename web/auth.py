@@ -38,8 +38,13 @@ MIN_PASSWORD = 8
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
-# Checked against when the user does not exist, so both answers take as long.
-_DUMMY_HASH = generate_password_hash("not a password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked against when the user does not exist, so both answers take as long; made on
+    first use, as a hash costs a worker's start about 0.1 s of CPU."""
+    return generate_password_hash("not a password")
 
 
 WRONG_CREDENTIALS = "Wrong username or password."
@@ -119,7 +124,7 @@ def sign_in(username: str, password: str) -> User:
     db = get_session()
     username = username.strip()
     if not USERNAME.match(username):  # no account can have it: nothing to count
-        check_password_hash(_DUMMY_HASH, password)
+        check_password_hash(_dummy_hash(), password)
         raise SignInRefused(WRONG_CREDENTIALS)
     now = datetime.now(UTC)
     attempt = _reserve_attempt(username, now)
@@ -132,7 +137,7 @@ def sign_in(username: str, password: str) -> User:
             f"Too many failed sign-ins: this account is locked for {minutes} more minute(s)."
         )
     user = db.scalar(select(User).where(User.username == username))
-    right = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
+    right = check_password_hash(user.password_hash if user else _dummy_hash(), password)
     if user is None or not right:
         if attempt >= current_app.config["LOGIN_MAX_FAILURES"]:
             _set_throttle(username, locked_until=now + _lockout(), failures=0)
