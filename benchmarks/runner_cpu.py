@@ -49,7 +49,10 @@ second = cloudevent_step(second)
 MANIFESTS = """
 apiVersion: eventing.knative.dev/v1
 kind: Broker
-metadata: {name: default, namespace: bench}
+metadata:
+  name: default
+  namespace: bench
+  annotations: {messaging.knative.dev/async-handler: "true"}  # as knative/ deploys it
 spec: {delivery: {retry: 2}}
 ---
 apiVersion: eventing.knative.dev/v1

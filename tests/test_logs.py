@@ -93,3 +93,40 @@ def test_an_absent_or_invalid_traceparent_starts_a_new_trace(bad):
     child = logs.child_traceparent(bad)
     assert TRACEPARENT.match(child)
     assert logs.trace_id(bad) is None
+
+
+def test_a_steps_reply_continues_the_trace_of_the_event_it_got():
+    import flask
+
+    from imagerec.events import encode, parse_event
+    from imagerec.steps import cloudevent_step
+
+    def echo(event):
+        return new_event("t.reply", "/functions/echo", {}, subject=event.get("subject"))
+
+    app = flask.Flask(__name__)
+    entry_point = cloudevent_step(echo)  # functions-framework calls it with the request
+    app.add_url_rule("/", "step", lambda: entry_point(flask.request), methods=["POST"])
+    event = new_event("t", "/tests", {}, subject="img-1")
+    event[logs.TRACEPARENT] = parent = logs.new_traceparent()
+    headers, body = encode(event)
+    response = app.test_client().post("/", data=body, headers=headers)
+    assert response.status_code == 200
+    reply = parse_event(dict(response.headers), response.get_data())
+    assert logs.trace_id(reply[logs.TRACEPARENT]) == logs.trace_id(parent)
+    assert reply[logs.TRACEPARENT] != parent
+
+
+def test_emit_starts_a_trace_for_an_event_without_one(tmp_path):
+    from imagerec.events import emit
+    from tests.recording_sink import RecordingSink
+
+    sink = RecordingSink()
+    try:
+        event = new_event("t", "/web", {}, subject="img-1")
+        emit(event, sink.url)
+        [received] = sink.events
+    finally:
+        sink.close()
+    assert logs.trace_id(received[logs.TRACEPARENT])
+    assert received[logs.TRACEPARENT] == event[logs.TRACEPARENT]

@@ -253,3 +253,20 @@ def test_a_hop_timeout_below_a_synchronous_chain_cancels_it_and_dead_letters(tmp
             runner.wait_idle(5)
     assert [r.attributes["type"] for r in dead.received()] == ["t"]
     assert two.received() == [] and tail.received() == []
+
+
+def test_each_hop_is_a_span_of_the_events_trace(tmp_path):
+    parent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    with (
+        Subscriber() as sub,
+        running(tmp_path, [broker(), trigger("t", ref("sub"))], {"sub": sub.url}) as (
+            runner,
+            srv,
+        ),
+    ):
+        post_event(srv.broker_url, "t", headers={"ce-traceparent": parent})
+        runner.wait_idle()
+    [received] = sub.received()
+    assert received.attributes["traceparent"] == parent  # the extension travels unchanged
+    span = received.headers["traceparent"]
+    assert span.startswith("00-" + "a" * 32 + "-") and span != parent
