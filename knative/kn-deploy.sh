@@ -84,7 +84,7 @@ kn service create web -n "$ns" --force --image "$REG/imagerec-web:$TAG" \
   --label-revision imagerec.dev/uses-postgres=true --label-revision imagerec.dev/uses-redis=true \
   --annotation-service imagerec.dev/emits=dev.imagerec.image.uploaded \
   --cmd gunicorn --arg=--bind=0.0.0.0:8080 --arg=--workers=2 --arg=--threads=8 \
-  --arg=--timeout=120 --arg=--access-logfile=- --arg='web:create_app()' --port http1:8080 \
+  --arg=--timeout=120 --arg=--logger-class=imagerec.logs.GunicornLogger --arg='web:create_app()' --port http1:8080 \
   --scale-min 0 --scale-max 5 --concurrency-limit 16 --timeout 120 \
   --request cpu=250m,memory=256Mi --limit cpu=1,memory=1Gi \
   --env-value-from "$DB" --env-value-from "$BLOB" \
