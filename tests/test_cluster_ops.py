@@ -8,6 +8,7 @@ neither rolls Revisions with its run id nor trips over the immutable migrate Job
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import re
@@ -355,3 +356,61 @@ def test_services_restart_when_their_server_is_gone(built: list[dict[str, Any]])
         # Crash recovery may take minutes before the server first answers.
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
         assert "initialDelaySeconds" not in c["livenessProbe"]
+
+
+# skaffold's label transform (GoogleContainerTools/skaffold v2.24
+# pkg/skaffold/kubernetes/manifest/visitor.go traverseManifestFields/visitFields and labels.go
+# labelsSetter/allowByNavpath), for an allow-listed kind without deny entries.
+SKAFFOLD_DEFAULT_KSVC = {
+    "groupKind": "Service.serving.knative.dev",
+    "image": [".*"],
+    "labels": [".*"],
+}
+
+
+def skaffold_set_labels(manifest: dict, allow: dict, labels: dict[str, str]) -> dict:
+    manifest = copy.deepcopy(manifest)
+
+    def allowed(navpath: str, key: str) -> str | None:
+        for path in allow["labels"]:
+            if path == ".*":
+                return "labels" if key == "metadata" else None
+            head, _, field = path.rpartition(".")
+            if navpath == head:
+                return field
+        return None
+
+    def visit(navpath: str, node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                visit(navpath, item)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                field = allowed(f"{navpath}.{key}", key)
+                if field is None:
+                    visit(f"{navpath}.{key}", value)
+                elif isinstance(value, dict):
+                    value.setdefault(field, {}).update(labels)
+
+    visit("", manifest)
+    return manifest
+
+
+def test_skaffold_run_id_would_roll_revisions_without_the_selector(
+    built: list[dict[str, Any]],
+) -> None:
+    run_id = {"skaffold.dev/run-id": "8e1f"}
+    [ours] = [
+        e
+        for e in skaffold()["resourceSelector"]["allow"]
+        if e["groupKind"] == "Service.serving.knative.dev"
+    ]
+    for name, service in knative_services(built).items():
+        template = service["spec"]["template"]
+        # skaffold's default: the label lands in the revision template, a new Revision per run.
+        default = skaffold_set_labels(service, SKAFFOLD_DEFAULT_KSVC, run_id)
+        assert default["spec"]["template"] != template, name
+        # With skaffold.yaml's entry: on the Service's metadata only.
+        labelled = skaffold_set_labels(service, ours, run_id)
+        assert labelled["spec"]["template"] == template, name
+        assert labelled["metadata"]["labels"]["skaffold.dev/run-id"] == "8e1f"
