@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from textwrap import dedent
@@ -245,3 +246,43 @@ def test_a_connection_the_subscriber_closed_is_not_reused(tmp_path):
             post_event(srv.broker_url, "t")
             runner.wait_idle()
     assert len({request.peer for request in sink.received()}) == 3
+
+
+def test_a_keep_alive_connection_closed_as_it_is_reused_is_retried_once_on_a_new_one():
+    """The server answers the first request on each connection (keeping it open) and drops the
+    second unanswered, as one whose keep-alive ran out just as the request arrived."""
+    from workflows.connections import Connections
+
+    server = socket.create_server(("127.0.0.1", 0))
+    answered = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                for n in range(2):
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if n == 1 or not data:
+                        break  # the second request on this connection: closed, no answer
+                    answered.append(data)
+                    conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/"
+    connections = Connections()
+    try:
+        for _ in range(3):
+            assert connections.post(url, {"Content-Length": "0"}, b"", timeout=5).status_code == 202
+    finally:
+        connections.close()
+        server.close()
+    assert len(answered) == 3

@@ -118,6 +118,7 @@ class Connections:
             raise SendFailed(f"unsupported URL {url!r}")
         key = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         connection = self._take(key, timeout)
+        reused = connection.sock is not None
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
             if connection.sock is None:
@@ -144,6 +145,10 @@ class Connections:
             connection.close()
             if cancel is not None and cancel.cancelled:
                 raise SendFailed("cancelled by the caller", cancelled=True) from None
+            if reused and isinstance(e, _CLOSED_WHILE_IDLE):
+                # The server closed the idle connection as we sent (its keep-alive ran out):
+                # nothing was answered, so send again on a new one, as Go's transport does.
+                return self._request(method, url, headers, body, timeout, cancel)
             raise SendFailed(f"{type(e).__name__}: {e}") from None
         if answer.will_close:
             connection.close()
@@ -171,6 +176,14 @@ class Connections:
                 idle.append(connection)
                 return
         connection.close()
+
+
+_CLOSED_WHILE_IDLE = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+)
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
