@@ -76,6 +76,12 @@ def upload_item(page: Page, file_name: str):
     return page.locator(f"#upload-list .upload-item[data-file-name='{file_name}']")
 
 
+def photo_shown(page: Page, file_name: str) -> None:
+    """The photo view of `file_name`, with its script (and so its keys) ready."""
+    expect(page.locator("#photo-title")).to_have_text(file_name)
+    expect(page.locator("#photo")).to_have_attribute("data-ready", "1")
+
+
 def polls(page: Page) -> int:
     return int(page.locator("#album").get_attribute("data-polls") or 0)
 
@@ -283,17 +289,17 @@ def test_the_photo_page_is_a_lightbox_with_previous_next_and_escape(
     assert names == ["p4.jpg", "p3.jpg", "p2.jpg", "p1.jpg", "p0.jpg"]  # newest upload first
 
     tile(page, "p3.jpg").locator(".photo-link").click()
-    expect(page.locator("#photo-title")).to_have_text("p3.jpg")
+    photo_shown(page, "p3.jpg")
     page.keyboard.press("ArrowRight")
-    expect(page.locator("#photo-title")).to_have_text("p2.jpg")
+    photo_shown(page, "p2.jpg")
     page.click("#next-photo")
-    expect(page.locator("#photo-title")).to_have_text("p1.jpg")
+    photo_shown(page, "p1.jpg")
     page.keyboard.press("ArrowLeft")
-    expect(page.locator("#photo-title")).to_have_text("p2.jpg")
+    photo_shown(page, "p2.jpg")
     page.click("#prev-photo")
-    expect(page.locator("#photo-title")).to_have_text("p3.jpg")
+    photo_shown(page, "p3.jpg")
     page.keyboard.press("ArrowLeft")
-    expect(page.locator("#photo-title")).to_have_text("p4.jpg")
+    photo_shown(page, "p4.jpg")
     expect(page.locator("#prev-photo")).to_be_hidden()  # the first photo has no previous
     page.keyboard.press("Escape")
     expect(page).to_have_url(album_url)
@@ -607,9 +613,11 @@ def test_the_whole_flow_works_from_the_keyboard(page: Page, web: WebOnly) -> Non
     first = page.evaluate("document.activeElement.closest('.photo-card').dataset.imageId")
     page.keyboard.press("Enter")
     expect(page.locator("#photo")).to_have_attribute("data-image-id", first)
+    expect(page.locator("#photo")).to_have_attribute("data-ready", "1")
     page.keyboard.press("ArrowRight")
     expect(page.locator("#photo")).not_to_have_attribute("data-image-id", first)
     second = page.locator("#photo").get_attribute("data-image-id")
+    expect(page.locator("#photo")).to_have_attribute("data-ready", "1")
     page.keyboard.press("Escape")
     expect(page.locator("#album-title")).to_have_text("Keys")
     focused = page.locator(f"#photo-{second} .photo-link")
@@ -724,8 +732,11 @@ def test_search_results_load_more_and_count_them_all(page: Page, web: WebOnly) -
     # The photo view steps through the results as listed.
     tiles(page).nth(shown).locator(".photo-link").click()
     expect(page.locator("#prev-photo")).to_be_visible()
+    expect(page.locator("#back-to-album")).to_contain_text("Photos labelled dog")
+    expect(page.locator("#photo")).to_have_attribute("data-ready", "1")
     page.keyboard.press("ArrowLeft")
     expect(page.locator("#photo")).to_have_attribute("data-image-id", ids[shown - 1][6:])
+    expect(page.locator("#photo")).to_have_attribute("data-ready", "1")
     page.keyboard.press("Escape")
     expect(page).to_have_url(re.compile(r"/search\?label=dog$"))
 

@@ -108,6 +108,7 @@ document.addEventListener("click", (event) => {
     "imagerec:album-context",
     JSON.stringify({
       back: window.location.pathname + window.location.search,
+      backLabel: (document.querySelector("[data-back-label]") || { dataset: {} }).dataset.backLabel,
       pages: cards.map((card) => card.querySelector(".photo-link").getAttribute("href")),
       ids: cards.map((card) => card.dataset.imageId),
       current: link.closest(".photo-card").dataset.imageId,

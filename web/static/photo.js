@@ -89,6 +89,8 @@
   const here = context ? context.ids.indexOf(root.dataset.imageId) : -1;
   if (here >= 0) {
     back.href = context.back;
+    const name = back.querySelector(".back-label");
+    if (context.backLabel && name) name.textContent = context.backLabel;
     context.current = root.dataset.imageId;
     sessionStorage.setItem(CONTEXT, JSON.stringify(context));
     if (here > 0) {
@@ -125,6 +127,8 @@
       window.location.assign(back.href);
     }
   });
+
+  root.dataset.ready = "1"; // keys work from now on (tests wait for this)
 
   // --- a photo still in the pipeline: reload once it has moved on ----------------------------------
 
