@@ -37,6 +37,7 @@ FIGURE_KEYS = (
     "thumbnail.vs_naive_pillow.worst",
     "metadata.vs_bare.worst",
     "detect.vs_bare_model.worst",
+    "detect.vs_decode_and_model.median",
     *(
         f"cold_start.{s}.{kind}"
         for s in ("extract_metadata", "make_thumbnail", "store_results", "record_failure", "web")
