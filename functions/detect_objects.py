@@ -27,8 +27,16 @@ from imagerec.blobstore import BlobNotFound, has_working_copy, working_key
 from imagerec.cpus import tensorflow_threads, usable_cpus
 from imagerec.events import LABELLED, THUMBNAILED, BadEvent, event_data, new_event
 from imagerec.formats import register_heif_opener
+from imagerec.images import stored_image
 from imagerec.pixels import displayable
-from imagerec.steps import Refused, Unavailable, blob_store, cloudevent_step, settings
+from imagerec.steps import (
+    Refused,
+    Unavailable,
+    blob_store,
+    cloudevent_step,
+    db_session,
+    settings,
+)
 
 log = logging.getLogger("imagerec.detect_objects")
 register_heif_opener()
@@ -51,8 +59,12 @@ def _detect_objects(event: CloudEvent) -> CloudEvent:
     if event["type"] != THUMBNAILED:
         raise BadEvent(f"detect-objects takes {THUMBNAILED}, not {event['type']}")
     data = event_data(event)
+    # The row says which original this photo is: an event naming another (someone else's
+    # photo, or one deleted since) is refused before anything is read or labelled.
+    with db_session() as session:
+        original_key = stored_image(session, data).blob_key
     detector = load_detector(settings().detector_model)
-    image = _decode(_pixels_source(data["blobKey"]))
+    image = _decode(_pixels_source(original_key))
     detections = detect(detector, image, settings().detection_threshold)
     labelled = {
         **data,

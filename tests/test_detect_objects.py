@@ -16,11 +16,13 @@ import pillow_heif
 import pytest
 from conftest import IMAGES, MODEL, ROOT, manifest
 from PIL import Image, ImageOps
-from pipeline import event_for, post_event, put_original, reply_event, step_app
+from pipeline import event_for, make_owner, post_event, put_original, reply_event, step_app
 
 import imagerec.steps
 from imagerec.blobstore import thumbnail_key, working_key
 from imagerec.events import LABELLED, THUMBNAILED
+from imagerec.images import register_upload
+from imagerec.models import Image as ImageRow
 
 OBJECT_PHOTOS = manifest()["objects"]
 pillow_heif.register_heif_opener()  # to write HEIC test files
@@ -44,8 +46,12 @@ def embedded(embedded_backend, monkeypatch):
 
 
 def thumbnailed(backend: Any, path: Path, image_id: str | None = None) -> dict[str, Any]:
-    """The event data detect-objects receives for the photo at `path`."""
-    upload = put_original(backend, path, 1, 1, image_id=image_id)
+    """The event data detect-objects receives for the photo at `path`, its row made as
+    extract-metadata makes it."""
+    upload = put_original(backend, path, *make_owner(backend), image_id=image_id)
+    with backend.session() as session:
+        register_upload(session, upload, backend.blobs())
+        session.commit()
     content = path.read_bytes()
     with Image.open(io.BytesIO(content)) as image:
         width, height = image.size
@@ -238,6 +244,26 @@ def test_a_missing_original_is_refused(client, configured):
     response = post_event(client, event_for(data, THUMBNAILED))
     assert response.status_code == 422
     assert data["blobKey"] in response.get_data(as_text=True)
+
+
+def test_an_event_disagreeing_with_the_row_is_refused_unread(client, configured):
+    """A forged event naming another user's original gets 422 and no labels of that photo;
+    so does one about a photo deleted since (its original still there)."""
+    victim = thumbnailed(configured, IMAGES / "objects" / "dog.jpg")
+    forger = thumbnailed(configured, IMAGES / "objects" / "horses.jpg")
+    forged = {**forger, "blobKey": victim["blobKey"]}
+    response = post_event(client, event_for(forged, THUMBNAILED))
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert "another blob key" in response.get_data(as_text=True)
+    assert "dog" not in response.get_data(as_text=True).lower()
+
+    with configured.session() as session:
+        session.delete(session.get(ImageRow, victim["imageId"]))
+        session.commit()
+    assert configured.blobs().exists(victim["blobKey"])
+    response = post_event(client, event_for(victim, THUMBNAILED))
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert "deleted" in response.get_data(as_text=True)
 
 
 def test_tensorflow_is_imported_by_detect_objects_alone():
