@@ -3,6 +3,7 @@ pages' scripts only insert them; and moving photos between albums."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import pytest
@@ -40,6 +41,7 @@ def test_a_finished_photo_carries_its_display_strings(backend, ann):
     assert display["uploadedAt"].endswith(" UTC")
     assert display["camera"] == "Apple iPhone 11 Pro Max"
     assert display["dimensions"] == "2566 × 3313"  # orientation 6: seen turned
+    assert display["orientation"] == "Stored on its side; shown upright"
     assert display["fileSize"] == "814 KB"
     assert display["format"] == "HEIF"
     assert display["place"] == "39.05° N, 94.29° W"
@@ -49,7 +51,9 @@ def test_a_finished_photo_carries_its_display_strings(backend, ann):
     assert body["model"] == "centernet-coco-tfhub-style"
     taken = ann.get(f"/api/albums/{album_id}/images?sort=taken").json["images"][0]
     assert taken["display"]["day"] == "Saturday, 9 November 2019"
-    assert "/srv/models" not in ann.get(f"/photos/{image['id']}").text
+    page = ann.get(f"/photos/{image['id']}").text
+    assert "/srv/models" not in page
+    assert re.search(r'data-field="orientation".*?Stored on its side; shown upright', page, re.S)
 
 
 def test_a_photo_without_metadata_says_so(backend, ann):

@@ -36,7 +36,7 @@ _DISPLAY_KEYS = {
 
 
 def meta_value(image: dict[str, Any], field: str) -> str | None:
-    if field in ("model", "orientation"):
+    if field == "model":
         return str(image[field]) if image[field] else None
     return image["display"].get(_DISPLAY_KEYS.get(field, field))
 

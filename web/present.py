@@ -109,6 +109,7 @@ def display_json(image: Image, sort: str = "uploaded") -> dict[str, str | None]:
         "uploadedAt": date_time(uploaded) + " UTC",
         "camera": camera(image.exif_make, image.exif_model),
         "dimensions": dimensions(image.width, image.height, image.orientation),
+        "orientation": ORIENTATION_TEXT.get(image.orientation or 1),
         "fileSize": file_size(image.file_size or image.size),
         "format": image.format,
         "place": place(image.latitude, image.longitude),
@@ -143,6 +144,19 @@ def camera(make: str | None, model: str | None) -> str | None:
     make, model = (make or "").strip(), (model or "").strip()
     # Many makers repeat their name in the model ("NIKON" + "NIKON D70").
     return (model if model.lower().startswith(make.lower()) else f"{make} {model}").strip() or None
+
+
+# EXIF Orientation (tag 0x0112) as a viewer can use it: how the camera stored the pixels, as
+# the page always shows them turned upright. 1, the usual, says nothing worth a line.
+ORIENTATION_TEXT = {
+    2: "Stored mirrored; shown as taken",
+    3: "Stored upside down; shown upright",
+    4: "Stored upside down and mirrored; shown as taken",
+    5: "Stored on its side and mirrored; shown as taken",
+    6: "Stored on its side; shown upright",
+    7: "Stored on its side and mirrored; shown as taken",
+    8: "Stored on its side; shown upright",
+}
 
 
 def dimensions(width: int | None, height: int | None, orientation: int | None) -> str | None:
