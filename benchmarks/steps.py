@@ -218,7 +218,7 @@ def _step_detection(detect_objects, detector, original: bytes) -> object:
 def _bare_decode(original: bytes, longest: int) -> Image.Image:
     """Decoding the file at the smallest scale libjpeg offers that keeps `longest` pixels a
     side: the entropy decoding of every coefficient is paid at any scale, so a 10 MP phone
-    JPEG costs 16-26 CPU-ms here however small the result."""
+    JPEG costs 16-28 CPU-ms here however small the result."""
     image = Image.open(io.BytesIO(original))
     scale = min(1.0, longest / max(image.size))
     image.draft("RGB", (round(image.width * scale), round(image.height * scale)))
