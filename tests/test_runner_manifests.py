@@ -82,6 +82,68 @@ def test_without_a_kustomization_every_yaml_file_is_read(tmp_path):
     )
 
 
+def step_service(name: str, emits: str = "", function: str | None = None) -> dict:
+    """A Knative Service; a step (labelled so, running `function`) when `function` is given."""
+    metadata: dict = {"name": name, "annotations": {"imagerec.dev/emits": emits}}
+    container: dict = {"image": "x"}
+    if function is not None:
+        metadata["labels"] = {"app.kubernetes.io/component": "step"}
+        container["args"] = ["--source", f"functions/{function}.py", "--target", function]
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {"template": {"spec": {"containers": [container]}}},
+    }
+
+
+def test_the_steps_are_the_services_labelled_step_with_their_function(tmp_path):
+    write(
+        tmp_path,
+        "services.yaml",
+        step_service("web", emits="a"),
+        step_service("first", emits="b c", function="first_step"),
+        step_service("dead-letters", function="record"),
+    )
+    manifests = load_manifests(tmp_path)
+    assert {name: step.function for name, step in manifests.steps.items()} == {
+        "first": "first_step",
+        "dead-letters": "record",
+    }
+    assert manifests.steps["first"].emits == {"b", "c"}
+    assert manifests.services[("default", "web")].emits == {"a"}
+
+
+def test_a_step_without_a_target_fails_to_load(tmp_path):
+    document = step_service("first", function="first_step")
+    document["spec"]["template"]["spec"]["containers"][0]["args"] = ["--source", "x.py"]
+    write(tmp_path, "services.yaml", document)
+    with pytest.raises(ManifestError, match="Service default/first: .*--target"):
+        load_manifests(tmp_path)
+
+
+def test_routes_follow_triggers_into_sequences_and_from_step_to_step(tmp_path):
+    write(
+        tmp_path,
+        "routing.yaml",
+        step_service("web", emits="uploaded"),
+        step_service("check", emits="good bad", function="check"),
+        step_service("shrink", emits="shrunk", function="shrink"),
+        step_service("store", emits="done", function="store"),
+        broker(),
+        trigger("on-uploaded", ref("check"), {"type": "uploaded"}),
+        trigger("on-good", ref("chain", "Sequence"), {"type": "good"}),
+        trigger("on-bad", ref("store"), {"type": "bad"}),
+        sequence("chain", [ref("shrink"), ref("store")]),
+    )
+    assert load_manifests(tmp_path).routes() == {
+        "uploaded": ("check",),
+        "good": ("shrink",),
+        "bad": ("store",),
+        "shrunk": ("store",),
+    }
+
+
 def test_a_missing_resource_is_an_error(tmp_path):
     write(tmp_path, "kustomization.yaml", {"resources": ["gone.yaml"]})
     with pytest.raises(ManifestError, match="gone.yaml"):
@@ -306,3 +368,7 @@ def test_the_projects_manifests_route_the_image_workflow():
     assert seen("detect-objects") == [(THUMBNAILED, "good")]
     assert seen("store-results") == [(LABELLED, "good"), (REJECTED, "bad")]
     assert seen("record-failure") == []
+    # What the manifests' derived routes say each step receives is what the runner delivered.
+    for name in manifests.steps:
+        routed = {t for t, steps in manifests.routes().items() if name in steps}
+        assert {event_type for event_type, _ in seen(name)} == routed, name

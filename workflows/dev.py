@@ -36,14 +36,6 @@ from workflows.runner import Runner, own_sources
 
 log = logging.getLogger("imagerec.dev")
 
-# Knative Service name -> the step module (functions/<module>.py) and its entry point.
-STEPS = {
-    "extract-metadata": "extract_metadata",
-    "make-thumbnail": "make_thumbnail",
-    "detect-objects": "detect_objects",
-    "store-results": "store_results",
-    "record-failure": "record_failure",
-}
 MANIFESTS = Path(__file__).resolve().parents[1] / "knative"
 _PR_SET_PDEATHSIG = 1
 STABLE_AFTER_SECONDS = 60
@@ -252,8 +244,8 @@ class DevStack:
                 logger.addHandler(self._log_handler)
                 logger.setLevel(logging.INFO)  # whatever the host process's root level
         upgrade(self.settings.database_url)
-        for name, module in STEPS.items():
-            self.children[name] = self._step_child(name, module)
+        for name, step in load_manifests(self.manifests).steps.items():
+            self.children[name] = self._step_child(name, step.function)
         self._start_runner()
         web_env = {**self._env("web"), "K_SINK": self.server.broker_url}
         self.children["web"] = Child(
@@ -296,8 +288,8 @@ class DevStack:
         return self
 
     def _start_runner(self) -> None:
-        services = {name: c.url for name, c in self.children.items() if name in STEPS}
         manifests = load_manifests(self.manifests)
+        services = {name: self.children[name].url for name in manifests.steps}
         self.runner = Runner(manifests, services, trusted_sources=own_sources(manifests))
         self.server = self.runner.serve("127.0.0.1", self.runner_port)
 

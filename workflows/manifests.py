@@ -3,7 +3,9 @@
 `load_manifests(folder)` reads the YAML files the folder's kustomization.yaml lists under
 `resources:` (every `*.yaml`/`*.yml` when there is none), all documents of each file, and keeps
 the kinds that route events. Everything else (Services, StatefulSets, Secrets, SinkBindings...)
-is skipped, except that Knative Service names are remembered. The kustomization's `namespace:`
+is skipped, except that Knative Services are remembered with what they reply with and, for the
+pipeline's steps, the function each runs (`Manifests.steps`, `Manifests.routes()`: the one list of
+steps every other part derives from). The kustomization's `namespace:`
 overrides each document's own, as kustomize does; patches and generators are not applied.
 
 What the API server's webhooks would reject is refused here with `ManifestError`, naming the file
@@ -19,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -161,6 +164,18 @@ class Channel:
     asynchronous: bool = False
 
 
+@dataclass(frozen=True)
+class KnativeService:
+    """A Knative Service: the event types it replies with (`imagerec.dev/emits`) and, for a step
+    (labelled `app.kubernetes.io/component: step`), the function its container runs under
+    functions-framework (`--target`: the entry point of functions/<function>.py)."""
+
+    namespace: str
+    name: str
+    emits: frozenset[str] = frozenset()
+    function: str | None = None  # None: not a step (the web service)
+
+
 Key = tuple[str, str]  # (namespace, name)
 
 
@@ -170,8 +185,45 @@ class Manifests:
     triggers: dict[Key, Trigger] = field(default_factory=dict)
     sequences: dict[Key, Sequence] = field(default_factory=dict)
     parallels: dict[Key, Parallel] = field(default_factory=dict)
-    services: dict[Key, str] = field(default_factory=dict)  # Knative Services: key -> name
+    services: dict[Key, KnativeService] = field(default_factory=dict)
     channels: dict[Key, Channel] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> dict[str, KnativeService]:
+        """The pipeline's steps by Service name, in the order the manifests list them."""
+        return {s.name: s for s in self.services.values() if s.function is not None}
+
+    def routes(self) -> dict[str, tuple[str, ...]]:
+        """The steps each event type is delivered to, by Service name, for the types Services emit.
+
+        Through every Trigger whose filter passes an event of that type (to a Service, or to a
+        Sequence's first step), and within a Sequence from each step to the next: what a step
+        emits is what the next one receives. A type no step receives is left out.
+        """
+        emitted = dict.fromkeys(t for s in self.services.values() for t in sorted(s.emits))
+        received: list[tuple[str, Destination]] = []
+        for trigger in self.triggers.values():
+            ref = trigger.subscriber.ref
+            flow = self.sequences.get((ref.namespace, ref.name)) if ref else None
+            first = flow.steps[0].destination if flow and ref.kind == "Sequence" else None
+            received += [
+                (t, first or trigger.subscriber) for t in emitted if trigger.matches({"type": t})
+            ]
+        for sequence in self.sequences.values():
+            for before, after in pairwise(sequence.steps):
+                replier = self._step(before.destination)
+                if replier is not None:
+                    received += [(t, after.destination) for t in sorted(replier.emits)]
+        routes: dict[str, tuple[str, ...]] = {}
+        for event_type, destination in received:
+            step = self._step(destination)
+            if step is not None and step.name not in routes.get(event_type, ()):
+                routes[event_type] = (*routes.get(event_type, ()), step.name)
+        return routes
+
+    def _step(self, destination: Destination) -> KnativeService | None:
+        ref = destination.ref
+        return self.steps.get(ref.name) if ref is not None and ref.kind == "Service" else None
 
     def channel_mode(
         self, namespace: str, name: str, template_kind: str, template_delivery: Delivery | None
@@ -345,10 +397,21 @@ def _add(manifests: Manifests, document: dict[str, Any], namespace_override: str
         raise ManifestError(f"{where}: metadata.annotations must be a mapping")
     if kind == "Broker":
         table[key] = replace(table[key], asynchronous=broker_is_asynchronous(annotations))
+    elif kind == "Service":
+        labels = metadata.get("labels") or {}
+        step = isinstance(labels, dict) and labels.get(COMPONENT) == STEP_COMPONENT
+        table[key] = replace(
+            table[key],
+            emits=frozenset(str(annotations.get(EMITS) or "").split()),
+            function=_function(spec, where) if step else None,
+        )
     elif kind == "InMemoryChannel":
         table[key] = replace(table[key], asynchronous=_go_true(annotations.get(ASYNC_HANDLER)))
 
 
+COMPONENT = "app.kubernetes.io/component"
+STEP_COMPONENT = "step"
+EMITS = "imagerec.dev/emits"
 BROKER_CLASS = "eventing.knative.dev/broker.class"
 CHANNEL_BASED = "MTChannelBasedBroker"
 ASYNC_HANDLER = "messaging.knative.dev/async-handler"
@@ -466,8 +529,19 @@ def _parallel(namespace: str, name: str, spec: dict[str, Any]) -> Parallel:
     )
 
 
-def _service(namespace: str, name: str, spec: dict[str, Any]) -> str:
-    return name
+def _service(namespace: str, name: str, spec: dict[str, Any]) -> KnativeService:
+    return KnativeService(namespace, name)
+
+
+def _function(spec: dict[str, Any], where: str) -> str:
+    """The `--target` a step's container gives functions-framework."""
+    template = spec.get("template") or {}
+    pod = template.get("spec") or {} if isinstance(template, dict) else {}
+    containers = pod.get("containers") or [] if isinstance(pod, dict) else []
+    args = [str(a) for c in containers if isinstance(c, dict) for a in c.get("args") or []]
+    if "--target" not in args[:-1]:
+        raise ManifestError(f"{where}: a step's container gives functions-framework no `--target`")
+    return args[args.index("--target") + 1]
 
 
 def _channel(kind: str) -> Callable[[str, str, dict[str, Any]], Channel]:
