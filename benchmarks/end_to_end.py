@@ -20,7 +20,16 @@ from pathlib import Path
 
 from benchmarks import photos
 from benchmarks.figures import Figure, Report
-from benchmarks.services import IMAGEREC, children_of, cpu_seconds, free_port, peak_rss_bytes, tree
+from benchmarks.services import (
+    DETECTOR,
+    IMAGEREC,
+    STEPS,
+    children_of,
+    cpu_seconds,
+    free_port,
+    peak_rss_bytes,
+    tree,
+)
 from web.client import FINAL_STATES, ApiSession
 
 # A client polls its photo this often; the latency comes from the photo's own updatedAt (the
@@ -114,7 +123,7 @@ def end_to_end(report: Report, uploads: int, clients: int, bare_model_cpu: float
             )
         )
     for part, peak in sorted(rss.items()):
-        limit = ("<=", 1.2) if part == "detect-objects" else None
+        limit = ("<=", 1.2) if part == DETECTOR else None
         report.add(
             Figure(
                 f"peak_rss.{part}",
@@ -290,7 +299,8 @@ class _DevStack:
 def _part_name(argv: list[str]) -> str | None:
     """The service a direct child of `imagerec dev` runs (its workers are in its tree)."""
     if "--target" in argv:
-        return argv[argv.index("--target") + 1].replace("_", "-")
+        function = argv[argv.index("--target") + 1]
+        return next(name for name, step in STEPS.items() if step.function == function)
     if any("web:create_app" in a for a in argv):
         return "web"
     return None

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import photos  # noqa: E402
 from benchmarks.figures import Figure, Report  # noqa: E402
+from benchmarks.services import DETECTOR, LIGHT_STEPS, STEPS, cold_start  # noqa: E402
 
 DEFAULT_OUTPUT = ROOT / "test-artifacts" / "bench.json"
 # Every figure a run reports, smoke or not (the smoke test checks them all).
@@ -38,12 +39,8 @@ FIGURE_KEYS = (
     "metadata.vs_bare.worst",
     "detect.vs_bare_model.worst",
     "detect.vs_decode_and_model.median",
-    *(
-        f"cold_start.{s}.{kind}"
-        for s in ("extract_metadata", "make_thumbnail", "store_results", "record_failure", "web")
-        for kind in ("seconds", "vs_bare")
-    ),
-    "cold_start.detect_objects.vs_bare",
+    *(cold_start(s, kind) for s in (*LIGHT_STEPS, "web") for kind in ("seconds", "vs_bare")),
+    cold_start(DETECTOR, "vs_bare"),
     "e2e.throughput",
     "e2e.throughput.vs_cpu_bound",
     "e2e.latency.p50",
@@ -52,30 +49,8 @@ FIGURE_KEYS = (
     "e2e.errors",
     "e2e.cpu_per_photo.vs_bare_model",
     "e2e.cpu_per_photo.vs_pixel_floor",
-    *(
-        f"e2e.cpu_share.{part}"
-        for part in (
-            "runner (imagerec dev)",
-            "web",
-            "extract-metadata",
-            "make-thumbnail",
-            "detect-objects",
-            "store-results",
-            "record-failure",
-        )
-    ),
-    *(
-        f"peak_rss.{part}"
-        for part in (
-            "runner (imagerec dev)",
-            "web",
-            "extract-metadata",
-            "make-thumbnail",
-            "detect-objects",
-            "store-results",
-            "record-failure",
-        )
-    ),
+    *(f"e2e.cpu_share.{part}" for part in ("runner (imagerec dev)", "web", *STEPS)),
+    *(f"peak_rss.{part}" for part in ("runner (imagerec dev)", "web", *STEPS)),
     "cost.cpu_seconds_per_1000_photos",
     "cost.vs_rekognition",
 )

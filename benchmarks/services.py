@@ -18,8 +18,12 @@ import requests
 from benchmarks import photos
 from benchmarks.figures import Figure, Report
 from benchmarks.timing import ratio
+from workflows.manifests import load_manifests
 
-LIGHT_STEPS = ("extract-metadata", "make-thumbnail", "store-results", "record-failure")
+# The pipeline's steps, as knative/ lists them; the detector is measured apart (its model).
+STEPS = load_manifests(photos.ROOT / "knative").steps
+DETECTOR = "detect-objects"
+LIGHT_STEPS = tuple(name for name in STEPS if name != DETECTOR)
 # The third-party modules a service cannot start without: the floor of its cold start.
 BARE_IMPORTS = {
     "extract-metadata": "functions_framework, PIL.Image, pillow_heif, exifread, sqlalchemy.orm,"
@@ -53,12 +57,12 @@ def cold_starts(report: Report, repeat: int) -> None:
             capture_output=True,
         )
         python_start = statistics.median(_bare("pass", env)[0] for _ in range(repeat))
-        services = (*LIGHT_STEPS, "web", "detect-objects")
+        services = (*LIGHT_STEPS, "web", DETECTOR)
         results: dict[str, dict[str, float]] = {}
         for service in services:
             bare_code = (
                 _DETECTOR_BARE.format(model=str(photos.MODEL))
-                if service == "detect-objects"
+                if service == DETECTOR
                 else f"import {BARE_IMPORTS[service]}"
             )
             bare, subject = [], []
@@ -77,12 +81,11 @@ def cold_starts(report: Report, repeat: int) -> None:
         "time), as the wall time of a start on a shared machine is mostly waiting for a core"
     )
     for service, r in results.items():
-        key = service.replace("-", "_")
         bare_ratio = ratio(r["cpu_seconds"], r["bare_cpu_seconds"])
-        if service == "detect-objects":
+        if service == DETECTOR:
             report.add(
                 Figure(
-                    "cold_start.detect_objects.vs_bare",
+                    cold_start(service, "vs_bare"),
                     bare_ratio,
                     "x",
                     "start to ready (model loaded, warmed) / bare import TF + load + one call",
@@ -95,7 +98,7 @@ def cold_starts(report: Report, repeat: int) -> None:
         limit = 0.8 if service == "web" else 0.6
         report.add(
             Figure(
-                f"cold_start.{key}.seconds",
+                cold_start(service, "seconds"),
                 r["cpu_seconds"],
                 "CPU-s",
                 "process start to first good answer",
@@ -107,7 +110,7 @@ def cold_starts(report: Report, repeat: int) -> None:
         )
         report.add(
             Figure(
-                f"cold_start.{key}.vs_bare",
+                cold_start(service, "vs_bare"),
                 bare_ratio,
                 "x",
                 "start to first good answer / bare import of what it must import",
@@ -115,6 +118,11 @@ def cold_starts(report: Report, repeat: int) -> None:
                 "python -c 'import …' (same run, interleaved), CPU-seconds",
             )
         )
+
+
+def cold_start(service: str, kind: str) -> str:
+    """The name of one of a service's cold-start figures."""
+    return f"cold_start.{service.replace('-', '_')}.{kind}"
 
 
 def _service_env(data_dir: Path) -> dict[str, str]:
@@ -143,7 +151,7 @@ def service_argv(service: str, port: int) -> list[str]:
             *(sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"),
             "web:create_app()",
         ]
-    module = service.replace("-", "_")
+    module = STEPS[service].function
     return [
         *(sys.executable, "-m", "functions_framework"),
         *("--source", str(photos.ROOT / "functions" / f"{module}.py"), "--target", module),
