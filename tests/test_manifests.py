@@ -37,12 +37,12 @@ from imagerec.events import (
     ACCEPTED,
     IMAGE_EVENT_TYPES,
     LABELLED,
-    PROCESSED,
     REJECTED,
     THUMBNAILED,
     UPLOADED,
 )
 from tests.conftest import ROOT, SHARED
+from workflows.manifests import load_manifests
 
 KNATIVE = ROOT / "knative"
 BASE = KNATIVE / "base"
@@ -53,14 +53,10 @@ NAMESPACE = "imagerec"
 KSVC = "serving.knative.dev/v1"
 BROKER_API = "eventing.knative.dev/v1"
 
+# The steps as the manifests list them (Knative Service -> its function and what it replies);
+# the tests below check that list against the build, the code and the routing.
+STEPS = load_manifests(KNATIVE).steps
 # The fixed contract between the manifests, the steps and the local runner.
-STEPS = {  # Knative Service -> (functions/<module>.py and its entry point, the types it replies)
-    "extract-metadata": ("extract_metadata", {ACCEPTED, REJECTED}),
-    "make-thumbnail": ("make_thumbnail", {THUMBNAILED}),
-    "detect-objects": ("detect_objects", {LABELLED}),
-    "store-results": ("store_results", {PROCESSED}),
-    "record-failure": ("record_failure", set()),
-}
 TRIGGERS = {  # Trigger -> (the type it filters on, the kind and name of its subscriber)
     "on-uploaded": (UPLOADED, "Service", "extract-metadata"),
     "on-accepted": (ACCEPTED, "Sequence", "process-image"),
@@ -634,7 +630,7 @@ def test_services_declare_the_event_types_they_reply_with(built: list[dict[str, 
     declared = {
         name: set(s["metadata"]["annotations"][EMITS].split()) for name, s in services.items()
     }
-    assert declared == {"web": {UPLOADED}, **{name: types for name, (_, types) in STEPS.items()}}
+    assert declared == {"web": {UPLOADED}, **{name: step.emits for name, step in STEPS.items()}}
     assert set().union(*declared.values()) <= set(IMAGE_EVENT_TYPES)
 
 
@@ -657,7 +653,7 @@ def emitted_in_code(paths: list[Path]) -> set[str]:
 
 def test_declared_emissions_are_what_the_code_emits(built: list[dict[str, Any]]) -> None:
     services = knative_services(built)
-    sources = {name: [ROOT / "functions" / f"{module}.py"] for name, (module, _) in STEPS.items()}
+    sources = {name: [ROOT / "functions" / f"{step.function}.py"] for name, step in STEPS.items()}
     sources["web"] = sorted((ROOT / "web").glob("*.py"))
     for name, paths in sources.items():
         declared = set(services[name]["metadata"]["annotations"][EMITS].split())
@@ -817,7 +813,8 @@ def test_steps_are_cluster_local_and_the_web_is_public(built: list[dict[str, Any
 
 def test_steps_run_their_function_under_functions_framework(built: list[dict[str, Any]]) -> None:
     services = knative_services(built)
-    for name, (module, _) in STEPS.items():
+    for name, step in STEPS.items():
+        module = step.function
         c = container(services[name])
         assert c["command"] == ["functions-framework"], name
         args = c["args"]

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from imagerec.events import ACCEPTED, LABELLED, PROCESSED, REJECTED, THUMBNAILED, UPLOADED
+from tests.test_manifests import KNATIVE, SEQUENCE_STEPS, TRIGGERS
 from workflows.manifests import ManifestError, load_manifests, parse_duration
 from workflows.runner import Runner
 from workflows.testing import (
@@ -22,8 +23,6 @@ from workflows.testing import (
     sequence,
     trigger,
 )
-
-KNATIVE = Path(__file__).resolve().parents[1] / "knative"
 
 NOT_ROUTED = """\
 apiVersion: serving.knative.dev/v1
@@ -310,22 +309,13 @@ def test_ref_with_a_relative_uri_and_a_plain_uri_are_posted_where_they_say(tmp_p
 def test_the_projects_manifests_route_the_image_workflow():
     manifests = load_manifests(KNATIVE)
     triggers = {trigger.name: trigger for trigger in manifests.triggers.values()}
-    expected = {
-        "on-uploaded": (UPLOADED, "Service", "extract-metadata"),
-        "on-accepted": (ACCEPTED, "Sequence", "process-image"),
-        "on-rejected": (REJECTED, "Service", "store-results"),
-    }
-    for name, (event_type, kind, target) in expected.items():
+    for name, (event_type, kind, target) in TRIGGERS.items():
         found = triggers[name]
         assert (found.namespace, found.broker) == ("imagerec", "default")
         assert (found.subscriber.ref.kind, found.subscriber.ref.name) == (kind, target)
         assert found.matches({"type": event_type, "id": "1", "source": "/s", "specversion": "1.0"})
     process = manifests.sequences[("imagerec", "process-image")]
-    assert [step.destination.ref.name for step in process.steps] == [
-        "make-thumbnail",
-        "detect-objects",
-        "store-results",
-    ]
+    assert [step.destination.ref.name for step in process.steps] == SEQUENCE_STEPS
     assert (process.reply.ref.kind, process.reply.ref.name) == ("Broker", "default")
     deliveries = [manifests.brokers[("imagerec", "default")].delivery]
     deliveries += [trigger.delivery for trigger in triggers.values()]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 from cloudevents.http import CloudEvent
-from conftest import IMAGES, MODEL, manifest
+from conftest import IMAGES, MODEL, ROOT, manifest
 from pipeline import (
     event_for,
     make_owner,
@@ -34,16 +34,12 @@ from imagerec.events import (
 )
 from imagerec.images import register_upload
 from imagerec.models import Detection, Image
+from workflows.manifests import load_manifests
 
-STEPS = ("extract_metadata", "make_thumbnail", "detect_objects", "store_results")
-# Which step each event type is delivered to (knative/: Triggers and the Sequence).
-ROUTE = {
-    UPLOADED: "extract_metadata",
-    ACCEPTED: "make_thumbnail",
-    THUMBNAILED: "detect_objects",
-    LABELLED: "store_results",
-    REJECTED: "store_results",
-}
+# Which step's function each event type is delivered to (knative/: Triggers and the Sequence).
+PIPELINE = load_manifests(ROOT / "knative")
+ROUTE = {t: PIPELINE.steps[name].function for t, (name,) in PIPELINE.routes().items()}
+STEPS = tuple(dict.fromkeys(ROUTE.values()))
 DOG = next(e for e in manifest()["objects"] if e["file"] == "objects/dog.jpg")
 BAD = next(e for e in manifest()["bad"] if e["file"] == "bad/text_named.jpg")
 
@@ -160,7 +156,9 @@ def test_each_step_serves_alone_under_the_functions_framework_command(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     imagerec.steps.settings.cache_clear()
-    in_process = {step: step_app(step).test_client() for step in STEPS[:2]}
+    in_process = {
+        step: step_app(step).test_client() for step in ("extract_metadata", "make_thumbnail")
+    }
     accepted = reply_event(post_event(in_process["extract_metadata"], event_for(data)))
     thumbnailed = reply_event(post_event(in_process["make_thumbnail"], accepted))
     imagerec.steps.settings.cache_clear()
