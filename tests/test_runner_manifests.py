@@ -10,7 +10,18 @@ import yaml
 
 from imagerec.events import ACCEPTED, LABELLED, PROCESSED, REJECTED, THUMBNAILED, UPLOADED
 from tests.test_manifests import KNATIVE, SEQUENCE_STEPS, TRIGGERS
-from workflows.manifests import ManifestError, load_manifests, parse_duration
+from workflows.manifests import (
+    BROKER_DEFAULT_DELIVERY,
+    Broker,
+    Delivery,
+    Destination,
+    ManifestError,
+    Trigger,
+    load_manifests,
+    parse_duration,
+    subscription_delivery,
+    trigger_delivery,
+)
 from workflows.runner import Runner
 from workflows.testing import (
     FakeClock,
@@ -141,6 +152,29 @@ def test_routes_follow_triggers_into_sequences_and_from_step_to_step(tmp_path):
         "bad": ("store",),
         "shrunk": ("store",),
     }
+
+
+def test_the_delivery_in_force_replaces_the_fallback_whole_but_not_its_dead_letter_sink():
+    sink = Destination(uri="http://dead-letters.invalid")
+    own = Delivery(retry=2, timeout=5.0)
+    fallback = Delivery(retry=5, backoff_policy="linear", backoff_delay=1.0, dead_letter_sink=sink)
+    subscriber = Destination(uri="http://subscriber.invalid")
+
+    def on(broker_delivery: Delivery | None, trigger_delivery_: Delivery | None) -> Delivery:
+        broker = Broker("ns", "default", broker_delivery)
+        trigger = Trigger(
+            "ns", "t", "default", subscriber, lambda _: True, delivery=trigger_delivery_
+        )
+        return trigger_delivery(trigger, broker)
+
+    assert on(fallback, own) == Delivery(retry=2, timeout=5.0, dead_letter_sink=sink)
+    assert on(fallback, None) == fallback
+    assert on(None, None) == BROKER_DEFAULT_DELIVERY
+    assert subscription_delivery(own, fallback) == Delivery(
+        retry=2, timeout=5.0, dead_letter_sink=sink
+    )
+    assert subscription_delivery(None, None) == Delivery()
+    assert (Delivery().attempts, Delivery().attempt_timeout) == (1, 300.0)
 
 
 def test_a_missing_resource_is_an_error(tmp_path):

@@ -40,8 +40,6 @@ from workflows.wire import Event, decode, encode, is_cloudevent
 
 log = logging.getLogger("workflows.runner")
 
-# No `timeout` anywhere: a Knative Service's own request limit (timeoutSeconds) then applies.
-DEFAULT_TIMEOUT = 300.0
 TTL = "knativebrokerttl"
 ERROR_DATA_BYTES = 768  # base64 of 768 bytes is Knative's 1024-character limit
 
@@ -246,7 +244,7 @@ class Dispatcher:
         """One attempt at the subscriber, its answer read by the rules of §3 (or §5)."""
         headers, body = encode(event, structured=hop.structured)
         headers.update({"Prefer": "reply", "Kn-Namespace": hop.namespace, **_span(event)})
-        outcome, response = self._send(hop.url, headers, body, hop.delivery.timeout, cancel)
+        outcome, response = self._send(hop.url, headers, body, hop.delivery.attempt_timeout, cancel)
         if response is None:
             if hop.behind_broker and outcome.timed_out:
                 outcome.error_extensions = {}  # the MT broker loses them on this path (§4)
@@ -270,18 +268,18 @@ class Dispatcher:
         """Hand an event on (a reply, or a dead letter): binary, no `Prefer: reply`."""
         headers, body = encode(event)
         headers.update({"Kn-Namespace": hop.namespace, **_span(event)})
-        return self._send(url, headers, body, hop.delivery.timeout, cancel)[0]
+        return self._send(url, headers, body, hop.delivery.attempt_timeout, cancel)[0]
 
     def _send(
         self,
         url: str,
         headers: dict[str, str],
         body: bytes,
-        timeout: float | None,
+        timeout: float,
         cancel: Cancel | None,
     ) -> tuple[Outcome, Response | None]:
         try:
-            response = self.connections.post(url, headers, body, timeout or DEFAULT_TIMEOUT, cancel)
+            response = self.connections.post(url, headers, body, timeout, cancel)
         except SendFailed as e:
             outcome = _no_response(url, f"dispatch error: {e}", timed_out=e.timed_out)
             outcome.cancelled = e.cancelled

@@ -74,6 +74,11 @@ class Delivery:
     def attempts(self) -> int:
         return 1 + (self.retry or 0)
 
+    @property
+    def attempt_timeout(self) -> float:
+        """Seconds one attempt may take: `timeout`, else the subscriber's own request limit."""
+        return self.timeout or DEFAULT_ATTEMPT_TIMEOUT
+
     def wait_before_retry(self, retry_number: int) -> float:
         """Seconds to wait before retry `retry_number` (1 = the first retry), as Knative does."""
         if self.backoff_policy is None or self.backoff_delay is None:
@@ -83,6 +88,9 @@ class Delivery:
         return self.backoff_delay * (retry_number - 1)
 
 
+# A hop without `timeout` is bounded by its Knative Service's request limit (timeoutSeconds,
+# 300 by default).
+DEFAULT_ATTEMPT_TIMEOUT = 300.0
 # config-br-defaults: applied to a Broker only when its whole `delivery` is absent.
 BROKER_DEFAULT_DELIVERY = Delivery(retry=10, backoff_policy="exponential", backoff_delay=0.2)
 
@@ -262,6 +270,27 @@ class Manifests:
             yield from _delivery_destinations(owner, parallel.channel_delivery)
             if parallel.reply is not None:
                 yield owner, parallel.reply
+
+
+# -- the delivery in force on a hop (§4) ------------------------------------------------------
+
+
+def trigger_delivery(trigger: Trigger, broker: Broker) -> Delivery:
+    """What a Trigger's deliveries get: its own `delivery` replaces the Broker's (or, when the
+    Broker has none, config-br-defaults) as a whole; only the dead-letter sink falls back."""
+    return _in_force(trigger.delivery, broker.delivery or BROKER_DEFAULT_DELIVERY)
+
+
+def subscription_delivery(own: Delivery | None, channel: Delivery | None) -> Delivery:
+    """What a channel's subscriber (a Sequence step, a Parallel branch or filter) gets: its own
+    `delivery` replaces the channel's as a whole (neither: one attempt, no dead-letter sink);
+    only the dead-letter sink falls back."""
+    return _in_force(own, channel or Delivery())
+
+
+def _in_force(own: Delivery | None, fallback: Delivery) -> Delivery:
+    chosen = fallback if own is None else own
+    return replace(chosen, dead_letter_sink=chosen.dead_letter_sink or fallback.dead_letter_sink)
 
 
 def _delivery_destinations(
@@ -674,22 +703,20 @@ def _duration(raw: Any, where: str) -> float | None:
 
 # -- how long Knative may keep working on one event -------------------------------------------
 
-# A hop without `timeout` is bounded by its Knative Service's request limit (timeoutSeconds,
-# 300 by default); the runner uses the same figure (delivery.py DEFAULT_TIMEOUT).
-DEFAULT_HOP_TIMEOUT = 300.0
 STUCK_MARGIN = 60.0
 
 
 def leg_budget(delivery: Delivery) -> float:
     """The longest one leg of a hop can take: every attempt timing out, and every backoff."""
-    timeout = delivery.timeout or DEFAULT_HOP_TIMEOUT
     waits = sum(delivery.wait_before_retry(k) for k in range(1, delivery.attempts))
-    return delivery.attempts * timeout + waits
+    return delivery.attempts * delivery.attempt_timeout + waits
 
 
-def hop_budget(delivery: Delivery, replies: bool, dead_letters: bool) -> float:
-    """A hop's worst case: the call, then forwarding its reply, then the dead letter, each with
-    all its retries (a reply that cannot be forwarded sends the event to the dead-letter sink)."""
+def hop_budget(delivery: Delivery, replies: bool) -> float:
+    """A hop's worst case under the delivery in force: the call, then forwarding its reply,
+    then the dead letter, each with all its retries (a reply that cannot be forwarded sends the
+    event to the dead-letter sink)."""
+    dead_letters = delivery.dead_letter_sink is not None
     return leg_budget(delivery) * (1 + replies + dead_letters)
 
 
@@ -712,12 +739,11 @@ def _from_broker(manifests: Manifests, key: Key, used: frozenset[Key]) -> float:
     for trigger_key, trigger in manifests.triggers.items():
         if (trigger.namespace, trigger.broker) != key or trigger_key in used:
             continue
-        delivery = trigger.delivery or broker.delivery or BROKER_DEFAULT_DELIVERY
-        dead_letters = _dead_letter_sink(trigger.delivery, broker.delivery) is not None
+        delivery = trigger_delivery(trigger, broker)
         ref = trigger.subscriber.ref
         flow = ref is not None and ref.kind in ("Sequence", "Parallel")
         # A channel answers a Trigger with no body: only a service's reply comes back.
-        total = hop_budget(delivery, replies=not flow, dead_letters=dead_letters)
+        total = hop_budget(delivery, replies=not flow)
         path = used | {trigger_key}
         if flow:
             assert ref is not None
@@ -743,28 +769,24 @@ def _flow(manifests: Manifests, kind: str, key: Key) -> tuple[float, Destination
                 sequence.channel_kind,
                 sequence.channel_delivery,
             )
-            delivery = step.delivery or channel_delivery or Delivery()
+            delivery = subscription_delivery(step.delivery, channel_delivery)
             replies = i < len(sequence.steps) - 1 or sequence.reply is not None
-            dead_letters = _dead_letter_sink(step.delivery, channel_delivery) is not None
-            total += hop_budget(delivery, replies, dead_letters)
+            total += hop_budget(delivery, replies)
         return total, sequence.reply
     parallel = manifests.parallels[key]
     longest = 0.0
     for branch in parallel.branches:
-        delivery = branch.delivery or parallel.channel_delivery or Delivery()
-        dead_letters = _dead_letter_sink(branch.delivery, parallel.channel_delivery) is not None
-        total = hop_budget(delivery, True, dead_letters)
+        delivery = subscription_delivery(branch.delivery, parallel.channel_delivery)
+        total = hop_budget(delivery, True)
         if branch.filter is not None:
-            total += hop_budget(parallel.channel_delivery or Delivery(), True, dead_letters)
+            through_filter = subscription_delivery(None, parallel.channel_delivery)
+            # Counted with the branch's dead-letter sink: never less than the filter hop's own
+            # (the channel's), so the budget cannot fall short.
+            total += hop_budget(
+                replace(through_filter, dead_letter_sink=delivery.dead_letter_sink), True
+            )
         longest = max(longest, total)
     return longest, parallel.reply
-
-
-def _dead_letter_sink(own: Delivery | None, fallback: Delivery | None) -> Destination | None:
-    for delivery in (own, fallback):
-        if delivery is not None and delivery.dead_letter_sink is not None:
-            return delivery.dead_letter_sink
-    return None
 
 
 def stuck_threshold(manifests: Manifests) -> float:

@@ -69,7 +69,6 @@ from imagerec.logs import event_fields
 from workflows.connections import Cancel
 from workflows.delivery import TTL, Cancelled, Clock, Dispatcher, Hop, Stopped, Waits, WallClock
 from workflows.manifests import (
-    BROKER_DEFAULT_DELIVERY,
     Delivery,
     Destination,
     Key,
@@ -77,6 +76,8 @@ from workflows.manifests import (
     Manifests,
     Trigger,
     load_manifests,
+    subscription_delivery,
+    trigger_delivery,
 )
 from workflows.wire import Event, check_receivable, decode
 
@@ -319,14 +320,13 @@ class Runner:
             self._asynchronous[key] = broker.asynchronous
         for trigger in manifests.triggers.values():
             broker = manifests.brokers[(trigger.namespace, trigger.broker)]
-            # A Trigger's delivery replaces the Broker's as a whole; only the DLS falls back (§4).
-            retries = trigger.delivery or broker.delivery or BROKER_DEFAULT_DELIVERY
+            delivery = trigger_delivery(trigger, broker)
             hop = Hop(
                 name=f"trigger {trigger.name}",
                 url=self.resolve(trigger.subscriber),
                 namespace=trigger.namespace,
-                delivery=retries,
-                dead_letter_sink=self._dead_letter_sink(trigger.delivery, broker.delivery),
+                delivery=delivery,
+                dead_letter_sink=self._dead_letter_sink(delivery),
                 reply_to=self.broker_url(broker.namespace, broker.name),
                 behind_broker=True,
             )
@@ -400,20 +400,19 @@ class Runner:
         channel: Delivery | None,
         reply_to: str | None,
     ) -> Hop:
+        delivery = subscription_delivery(own, channel)
         return Hop(
             name=name,
             url=self.resolve(destination),
             namespace=namespace,
-            delivery=own or channel or Delivery(),
-            dead_letter_sink=self._dead_letter_sink(own, channel),
+            delivery=delivery,
+            dead_letter_sink=self._dead_letter_sink(delivery),
             reply_to=reply_to,
         )
 
-    def _dead_letter_sink(self, own: Delivery | None, fallback: Delivery | None) -> str | None:
-        for delivery in (own, fallback):
-            if delivery is not None and delivery.dead_letter_sink is not None:
-                return self.resolve(delivery.dead_letter_sink)
-        return None
+    def _dead_letter_sink(self, delivery: Delivery) -> str | None:
+        sink = delivery.dead_letter_sink
+        return None if sink is None else self.resolve(sink)
 
     def _channel_url(self, namespace: str, channel: str) -> str:
         return self._require_base() + _channel_path(namespace, channel)
