@@ -27,7 +27,7 @@ from imagerec.blobstore import thumbnail_key
 from imagerec.events import ACCEPTED, LABELLED, REJECTED, UPLOADED, encode
 from imagerec.images import register_upload
 from imagerec.models import Album, Detection, Image, Status, User
-from workflows.testing import Subscriber, broker, ref, running, trigger
+from tests.runner_support import Subscriber, broker, ref, running, trigger
 
 # PostgreSQL and Redis: where a value too large for its column is an error, not a string.
 on_real_backend = pytest.mark.parametrize("backend", ["real"], indirect=True)

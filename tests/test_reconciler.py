@@ -12,9 +12,9 @@ from imagerec.config import DEFAULT_STUCK_AFTER_SECONDS, load_settings, stuck_af
 from imagerec.events import UPLOADED, event_data
 from imagerec.models import Album, Image, Status, User
 from tests.recording_sink import RecordingSink
+from tests.runner_support import broker, ref, sequence, trigger
 from workflows.manifests import STUCK_MARGIN, load_manifests, retry_budget, stuck_threshold
 from workflows.reconciler import resend_stuck
-from workflows.testing import broker, ref, sequence, trigger
 
 AGO = datetime.now(UTC) - timedelta(hours=1)
 

@@ -12,8 +12,7 @@ from itertools import pairwise
 
 import pytest
 
-from workflows.delivery import WallClock
-from workflows.testing import (
+from tests.runner_support import (
     FakeClock,
     Subscriber,
     broker,
@@ -23,6 +22,7 @@ from workflows.testing import (
     running,
     trigger,
 )
+from workflows.delivery import WallClock
 
 ERROR_EXTENSIONS = ("knativeerrordest", "knativeerrorcode", "knativeerrordata")
 

@@ -6,9 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.runner_support import FakeClock, Subscriber, broker, post_event, ref, running, trigger
 from workflows.filters import trigger_filter
 from workflows.manifests import ManifestError
-from workflows.testing import FakeClock, Subscriber, broker, post_event, ref, running, trigger
 
 UPLOADED = {
     "specversion": "1.0",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
-from workflows.testing import (
+from tests.runner_support import (
     FakeClock,
     Subscriber,
     accept,

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from imagerec.events import BATCH, encode, new_event
-from workflows.testing import (
+from tests.runner_support import (
     FakeClock,
     Subscriber,
     accept,

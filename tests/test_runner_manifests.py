@@ -9,6 +9,17 @@ import pytest
 import yaml
 
 from imagerec.events import ACCEPTED, LABELLED, PROCESSED, REJECTED, THUMBNAILED, UPLOADED
+from tests.runner_support import (
+    FakeClock,
+    Subscriber,
+    broker,
+    post_event,
+    ref,
+    reply_with,
+    running,
+    sequence,
+    trigger,
+)
 from tests.test_manifests import KNATIVE, SEQUENCE_STEPS, TRIGGERS
 from workflows.manifests import (
     BROKER_DEFAULT_DELIVERY,
@@ -23,17 +34,6 @@ from workflows.manifests import (
     trigger_delivery,
 )
 from workflows.runner import Runner
-from workflows.testing import (
-    FakeClock,
-    Subscriber,
-    broker,
-    post_event,
-    ref,
-    reply_with,
-    running,
-    sequence,
-    trigger,
-)
 
 NOT_ROUTED = """\
 apiVersion: serving.knative.dev/v1

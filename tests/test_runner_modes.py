@@ -13,9 +13,7 @@ import pytest
 import requests
 import yaml
 
-from workflows.manifests import ASYNC_HANDLER, BROKER_CLASS, load_manifests
-from workflows.runner import Runner
-from workflows.testing import (
+from tests.runner_support import (
     NAMESPACE,
     FakeClock,
     Subscriber,
@@ -28,6 +26,8 @@ from workflows.testing import (
     sequence,
     trigger,
 )
+from workflows.manifests import ASYNC_HANDLER, BROKER_CLASS, load_manifests
+from workflows.runner import Runner
 
 KNATIVE = Path(__file__).resolve().parents[1] / "knative"
 

@@ -15,9 +15,7 @@ from textwrap import dedent
 import pytest
 import requests
 
-from workflows.manifests import load_manifests
-from workflows.runner import own_sources
-from workflows.testing import (
+from tests.runner_support import (
     FakeClock,
     Subscriber,
     broker,
@@ -28,6 +26,8 @@ from workflows.testing import (
     sequence,
     trigger,
 )
+from workflows.manifests import load_manifests
+from workflows.runner import own_sources
 from workflows.wire import MAX_HEADER_LINE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -47,7 +47,8 @@ ERROR_DATA_BYTES = 768  # base64 of 768 bytes is Knative's 1024-character limit
 class Clock(Protocol):
     """Time as the runner sees it: `now()` stamps events, `call_later()` ends a retry's wait.
 
-    Tests inject one that calls back at once (testing.FakeClock), so backoffs take no time.
+    Tests inject one that calls back at once (FakeClock in tests/runner_support.py), so backoffs
+    take no time.
     `callback` must be quick (the runner's only queues work for a worker): it may run on the
     clock's own thread.
     """
