@@ -22,13 +22,14 @@ import functions_framework
 import requests
 from cloudevents.http import CloudEvent
 from conftest import MODEL
+from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from imagerec.blobstore import original_key
 from imagerec.config import load_settings
 from imagerec.events import UPLOADED, encode, new_event, parse_event
 from imagerec.formats import extension_for
-from imagerec.models import Album, User
+from imagerec.models import Album, Detection, Image, User
 from workflows.dev import DevStack, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +51,22 @@ def make_owner(backend: Any, username: str | None = None) -> tuple[int, int]:
         session.add_all([user, album])
         session.commit()
         return user.id, album.id
+
+
+def dump(backend: Any, image_id: str) -> dict[str, Any]:
+    """Every column of the image row, its detection rows under "detections" and its labels."""
+    with backend.session() as session:
+        image = session.get(Image, image_id)
+        assert image is not None
+        row = {c.key: getattr(image, c.key) for c in Image.__table__.columns}
+        detections = session.scalars(
+            select(Detection).where(Detection.image_id == image_id).order_by(Detection.id)
+        )
+        row["detections"] = [
+            {c.key: getattr(d, c.key) for c in Detection.__table__.columns} for d in detections
+        ]
+        row["labels"] = image.labels()
+        return row
 
 
 def put_original(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pipeline
 import pytest
 import requests
 from cloudevents.http import CloudEvent
@@ -19,7 +20,6 @@ from pipeline import (
     running_step,
     step_app,
 )
-from sqlalchemy import select
 
 import imagerec.steps
 from imagerec.events import (
@@ -33,7 +33,6 @@ from imagerec.events import (
     parse_event,
 )
 from imagerec.images import register_upload
-from imagerec.models import Detection, Image
 from workflows.manifests import load_manifests
 
 # Which step's function each event type is delivered to (knative/: Triggers and the Sequence).
@@ -61,20 +60,10 @@ def run_chain(clients: dict[str, Any], data: dict[str, Any], structured: bool) -
 
 
 def dump(backend: Any, image_id: str) -> dict[str, Any]:
-    with backend.session() as session:
-        image = session.get(Image, image_id)
-        assert image is not None
-        row = {c.key: getattr(image, c.key) for c in Image.__table__.columns}
-        detections = session.scalars(
-            select(Detection).where(Detection.image_id == image_id).order_by(Detection.id)
-        )
-        row["detections"] = [
-            {c.key: getattr(d, c.key) for c in Detection.__table__.columns} for d in detections
-        ]
-        row["labels"] = image.labels()
-    # When the row was last touched: a re-run touches it, by design.
-    del row["updated_at"]
-    return row
+    """The rows of an image, but for when the row was last touched: a re-run touches it."""
+    return {
+        key: value for key, value in pipeline.dump(backend, image_id).items() if key != "updated_at"
+    }
 
 
 @pytest.mark.parametrize("structured", [False, True], ids=["binary", "structured"])

@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 from conftest import IMAGES, manifest
-from pipeline import event_for, make_owner, post_event, put_original, reply_event, step_app
-from sqlalchemy import select
+from pipeline import dump, event_for, make_owner, post_event, put_original, reply_event, step_app
 
 from imagerec.blobstore import thumbnail_key
 from imagerec.events import ACCEPTED, LABELLED, PROCESSED, REJECTED, encode
 from imagerec.images import register_upload
-from imagerec.models import Detection, Image
+from imagerec.models import Image
 
 PHOTO = "exif/iphone6_gps.jpg"  # GPS west of Greenwich: the longitude must stay negative
 
@@ -86,21 +85,6 @@ def upload(configured) -> dict[str, Any]:
         register_upload(session, data, configured.blobs())
         session.commit()
     return data
-
-
-def dump(backend: Any, image_id: str) -> dict[str, Any]:
-    """Every column of the image row and of its detection rows."""
-    with backend.session() as session:
-        image = session.get(Image, image_id)
-        assert image is not None
-        row = {c.key: getattr(image, c.key) for c in Image.__table__.columns}
-        detections = session.scalars(
-            select(Detection).where(Detection.image_id == image_id).order_by(Detection.id)
-        )
-        row["detections"] = [
-            {c.key: getattr(d, c.key) for c in Detection.__table__.columns} for d in detections
-        ]
-        return row
 
 
 def store(client, data: dict[str, Any], event_type: str = LABELLED, structured: bool = False):
