@@ -10,13 +10,16 @@ checked against the base; everything else must stay the same.
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.test_manifests import (
+    KNATIVE,
     STEPS,
     build,
     crd_errors,
@@ -266,3 +269,84 @@ def test_steps_admit_only_knatives_data_plane(base: list[dict[str, Any]]) -> Non
     for p in objects(base, "NetworkPolicy"):
         for _, node in walk(p["spec"]["podSelector"]):
             assert node != "web"
+
+
+# --- Apply order ---------------------------------------------------------------------------------
+# kubectl and skaffold apply in render order. kustomize's default (legacy) order sorts kinds it
+# does not know by group, so flows.knative.dev (the Sequence) came before messaging.knative.dev
+# (its channels), and the Sequence controller created the channels itself, unannotated
+# (knative/eventing pkg/reconciler/sequence/sequence.go reconcileChannel).
+
+POD_MAKERS = {"StatefulSet", "Job", "CronJob", "Deployment"}
+
+
+def top_level_kustomizations() -> list[Path]:
+    """Every kustomization under knative/ that no other one includes: what gets applied."""
+    folders = {p.parent for p in KNATIVE.rglob("kustomization.yaml")}
+    included = set()
+    for folder in folders:
+        spec = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        for entry in spec.get("resources", []) + spec.get("components", []):
+            included.add((folder / entry).resolve())
+    return sorted(f for f in folders if f.resolve() not in included)
+
+
+def order_problems(built: list[dict[str, Any]]) -> list[str]:
+    """What renders after something that needs it (or whose controller would make it)."""
+    position = {(o["kind"], o["metadata"]["name"]): i for i, o in enumerate(built)}
+    problems = []
+
+    def before(needed: tuple[str, str], user: dict, why: str) -> None:
+        mine = position[(user["kind"], user["metadata"]["name"])]
+        if needed in position and position[needed] > mine:
+            problems.append(f"{needed} after {user['kind']} {user['metadata']['name']}: {why}")
+
+    for o in built:
+        for path, node in walk(o.get("spec", {})):
+            if path.endswith(("secretKeyRef/name", "secretRef/name", "secret/secretName")):
+                before(("Secret", node), o, "read by it")
+            if path.endswith(("configMapKeyRef/name", "configMapRef/name", "configMap/name")):
+                before(("ConfigMap", node), o, "read by it")
+        if o["kind"] == "Broker" and "config" in o["spec"]:
+            before(("ConfigMap", o["spec"]["config"]["name"]), o, "the Broker's config")
+        if o["kind"] == "Sequence":
+            kind = o["spec"]["channelTemplate"]["kind"]
+            for i in range(len(o["spec"]["steps"])):
+                channel = (kind, f"{o['metadata']['name']}-kn-sequence-{i}")
+                before(channel, o, "the Sequence would create it unannotated")
+        if o["kind"] in POD_MAKERS or o["apiVersion"].startswith("serving.knative.dev"):
+            for policy in objects(built, "NetworkPolicy"):
+                before(("NetworkPolicy", policy["metadata"]["name"]), o, "guards its pods")
+    return problems
+
+
+def test_every_variant_is_a_top_level_kustomization() -> None:
+    found = {str(p.relative_to(KNATIVE)) for p in top_level_kustomizations()}
+    assert found == {".", "overlays/local", "overlays/oidc", "overlays/kafka"}
+
+
+@pytest.mark.parametrize(
+    "variant", [str(p.relative_to(KNATIVE)) for p in top_level_kustomizations()]
+)
+def test_every_variant_renders_what_objects_need_before_them(
+    variant: str, deploy_dir: Path
+) -> None:
+    built = build(deploy_dir / variant)
+    assert not order_problems(built), "\n".join(order_problems(built))
+    # The base's channels are declared; the Kafka overlay lets the Sequence make KafkaChannels.
+    channels = [o for o in built if o["kind"] == "InMemoryChannel"]
+    if variant != "overlays/kafka":
+        assert len(channels) == 3, variant
+
+
+def test_the_order_check_bites(deploy_dir: Path, tmp_path: Path) -> None:
+    # kustomize's default order, as main rendered before sortOptions: the Sequence first.
+    legacy = tmp_path / "knative"
+    shutil.copytree(deploy_dir, legacy)
+    spec = yaml.safe_load((legacy / "kustomization.yaml").read_text())
+    del spec["sortOptions"]
+    (legacy / "kustomization.yaml").write_text(yaml.safe_dump(spec))
+    problems = order_problems(build(legacy))
+    assert any(
+        "('InMemoryChannel', 'process-image-kn-sequence-0') after Sequence" in p for p in problems
+    ), problems
