@@ -589,7 +589,7 @@ def test_async_annotation_is_what_the_imc_dispatcher_reads() -> None:
     # the dispatcher parses (strconv.ParseBool), in the raw files the local runner reads too.
     raw = [
         doc
-        for name in ("eventing.yaml", "sequence.yaml")
+        for name in ("broker.yaml", "sequence.yaml")
         for doc in yaml.safe_load_all((BASE / name).read_text())
         if doc
     ]
