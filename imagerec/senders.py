@@ -46,6 +46,8 @@ POD_SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # A token naming a key the step does not hold makes it read the keys again (the issuer rotated
 # them), but not more often than this, so that made-up key ids cannot flood the API server.
+# Within that time such a token gets a 503, not a 401: a real delivery signed with a brand-new
+# key is then retried by Knative instead of dead-lettered.
 REFETCH_AFTER_SECONDS = 30.0
 FETCH_TIMEOUT_SECONDS = 5.0
 CLOCK_SKEW_SECONDS = 10
@@ -80,9 +82,11 @@ class IssuerKeys:
                 self._fetched_at = time.monotonic()
             if key_id is None and len(self._keys) == 1:
                 return next(iter(self._keys.values()))
-            if key_id not in self._keys:
+            if key_id in self._keys:
+                return self._keys[key_id]
+            if stale:
                 raise Unauthenticated(f"signed with a key the issuer does not publish: {key_id!r}")
-            return self._keys[key_id]
+            raise KeysUnavailable(f"key {key_id!r} is not among the keys read lately")
 
     def _fetch(self) -> dict[str, jwt.PyJWK]:
         try:

@@ -200,10 +200,10 @@ def test_keys_are_read_once_and_again_when_the_issuer_rotates_them(
     for _ in range(3):
         assert check.sender_of(f"Bearer {token()}") == SENDER
     assert state["requests"] == 1
-    # A rotation: the issuer now signs with k2. The first token naming it makes the step look
-    # again; made-up key ids within REFETCH_AFTER_SECONDS do not.
+    # A rotation: the issuer now signs with k2. Within REFETCH_AFTER_SECONDS of the last read a
+    # token naming it is put off (503: Knative retries), not refused, and the keys are not read.
     state["jwks"] = jwks(("k1", ISSUER_KEY), ("k2", OTHER_KEY))
-    with pytest.raises(senders.Unauthenticated, match="does not publish"):
+    with pytest.raises(senders.KeysUnavailable):
         check.sender_of(f"Bearer {token(key=OTHER_KEY, kid='k2')}")
     assert state["requests"] == 1
     monkeypatch.setattr(senders, "REFETCH_AFTER_SECONDS", 0.0)
@@ -225,3 +225,15 @@ def test_unreadable_keys_are_a_503_not_an_admission(
     response = deliver(client, labelled(upload), f"Bearer {token()}")
     assert response.status_code == 503, response.get_data(as_text=True)
     assert dump(configured, upload["imageId"]) == before
+
+
+def test_a_key_the_issuer_does_not_publish_is_refused_once_the_keys_are_read_again(
+    jwks_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, state = jwks_server
+    check = check_with(url)
+    assert check.sender_of(f"Bearer {token()}") == SENDER
+    monkeypatch.setattr(senders, "REFETCH_AFTER_SECONDS", 0.0)
+    with pytest.raises(senders.Unauthenticated, match="does not publish"):
+        check.sender_of(f"Bearer {token(key=OTHER_KEY, kid='made-up')}")
+    assert state["requests"] == 2
