@@ -46,6 +46,7 @@ step() {
   kn service create "$name" -n "$ns" --force --image "$REG/$image:$TAG" --cluster-local \
     --label-service app.kubernetes.io/component=step \
     --label-service app.kubernetes.io/part-of=imagerec \
+    --label-revision app.kubernetes.io/component=step \
     --label-revision imagerec.dev/uses-postgres=true --label-revision imagerec.dev/uses-redis=true \
     --annotation-service "imagerec.dev/emits=$emits" \
     --cmd functions-framework --arg=--source --arg="functions/$module.py" \

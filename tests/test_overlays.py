@@ -30,6 +30,7 @@ from tests.test_manifests import (
     knative_services,
     objects,
     one,
+    selects,
     walk,
 )
 from tests.test_manifests import deploy_dir as deploy_dir  # noqa: F401 (fixture: one set of credentials)
@@ -388,10 +389,13 @@ def test_databases_admit_only_the_apps_pods(base: list[dict[str, Any]]) -> None:
 
 def test_steps_admit_only_knatives_data_plane(base: list[dict[str, Any]]) -> None:
     policy = one(base, "NetworkPolicy", "steps-from-knative")["spec"]
-    [expression] = policy["podSelector"]["matchExpressions"]
-    # Knative labels each Revision's pods with their Service's name.
-    assert expression["key"] == "serving.knative.dev/service" and expression["operator"] == "In"
-    assert set(expression["values"]) == set(STEPS)
+    # A Revision's pods carry its template's labels: the policy selects every step, nothing else.
+    selected = {
+        owner
+        for owner, (labels, _) in pod_templates_with_env(base).items()
+        if selects(policy["podSelector"], labels)
+    }
+    assert selected == {f"Service {name}" for name in STEPS}
     [rule] = policy["ingress"]
     [source] = rule["from"]
     assert set(source) == {"namespaceSelector"}
