@@ -6,6 +6,8 @@ functions-framework HTTP entry point that answers
   200 + the reply CloudEvent (binary mode)  -> Knative forwards it (Broker or next step)
   202, empty                                -> done, nothing to forward
   400 short text                            -> malformed event or key: not retried, dead-lettered
+  401 short text                            -> with knative/overlays/oidc: no token, or one the step
+                                               must not believe (imagerec.senders); nothing read
   422 short text                            -> refers to something that does not exist, or
                                                disagrees with the stored row, or asks for a
                                                status change the photo may not make (done ->
@@ -24,7 +26,7 @@ import sqlalchemy.exc
 from cloudevents.http import CloudEvent
 from sqlalchemy.orm import Session
 
-from imagerec import logs
+from imagerec import logs, senders
 from imagerec.blobstore import (
     BlobNotFound,
     BlobStore,
@@ -77,6 +79,8 @@ def cloudevent_step(
     # functions-framework configures no logging; without this a step's INFO lines (one per
     # event) vanish. JSON lines named after the step (K_SERVICE on a cluster).
     logs.configure(step.__name__.replace("_", "-"))
+    # Read once, at start-up: a misconfigured check stops the step instead of admitting anyone.
+    sender_check = senders.sender_check()
 
     @functools.wraps(step)
     def entry_point(request: flask.Request) -> flask.typing.ResponseReturnValue:
@@ -86,6 +90,17 @@ def cloudevent_step(
                 return _plain(503, "not ready")
             # A step may say more about how it runs (the detector: its thread settings).
             return (state, 200) if isinstance(state, dict) else _plain(200, "ready")
+        # Every delivery is a POST; the readiness probe above carries no token and touches no data.
+        if sender_check is not None:
+            try:
+                sender = sender_check.sender_of(request.headers.get("Authorization"))
+            except senders.Unauthenticated as e:
+                log.warning("%s: refused: %s", step.__name__, e)
+                return _plain(401, f"unauthenticated: {e}")
+            except senders.KeysUnavailable as e:
+                log.warning("%s: transient failure: %s", step.__name__, e)
+                return _plain(503, f"unavailable, retry later: {e}")
+            log.debug("%s: delivery from %s", step.__name__, sender)
         if request.method != "POST":
             return _plain(405, "POST a CloudEvent")
         try:

@@ -1,15 +1,16 @@
 #!/bin/sh
 # Deploys imagerec with kn, and kubectl for what kn cannot make (the namespace, Secrets,
-# PostgreSQL, Redis, the migrate Job, the reconcile CronJob, the Sequence and its channels, the
-# NetworkPolicies). The result is the same deployment as `kubectl apply -k knative/`, except for
-# what tests/test_kn_deploy.py lists with its reason (it runs this script against a recording kn
-# and kubectl and compares every object with the kustomize render).
+# PostgreSQL, Redis, the migrate Job, the reconcile CronJob, the annotated Broker, the Sequence
+# and its channels, the NetworkPolicies). The result is the same deployment as
+# `kubectl apply -k knative/`, except for what tests/test_kn_deploy.py lists with its reason (it
+# runs this script against a recording kn and kubectl and compares every object with the
+# kustomize render).
 #
 #   REG=registry.example.com/me TAG=0.1.0 sh knative/kn-deploy.sh
 #
 # Needs kn ≥ 1.23 and kubectl on PATH, a cluster as knative/README.md describes, and the images
 # $REG/imagerec-{web,step,detector}:$TAG. Running it again updates the Services (new Revisions)
-# and re-applies the YAML; the Broker, Triggers and SinkBindings are created only when missing.
+# and re-applies the YAML; the Triggers and SinkBindings are created only when missing.
 set -eu
 : "${REG:?set REG to the registry holding the images}"
 : "${TAG:?set TAG to the images tag}"
@@ -45,6 +46,7 @@ step() {
   kn service create "$name" -n "$ns" --force --image "$REG/$image:$TAG" --cluster-local \
     --label-service app.kubernetes.io/component=step \
     --label-service app.kubernetes.io/part-of=imagerec \
+    --label-revision app.kubernetes.io/component=step \
     --label-revision imagerec.dev/uses-postgres=true --label-revision imagerec.dev/uses-redis=true \
     --annotation-service "imagerec.dev/emits=$emits" \
     --cmd functions-framework --arg=--source --arg="functions/$module.py" \
@@ -70,13 +72,12 @@ step detect-objects imagerec-detector dev.imagerec.image.labelled \
 step store-results imagerec-step dev.imagerec.image.processed \
   5 4 60 cpu=100m,memory=128Mi cpu=1,memory=512Mi
 
-# The Broker: MT channel broker (its class annotation is immutable once created, so name it
-# rather than inherit the cluster's default), asynchronous channel (kn has no flag for the
-# annotation; the Broker copies it onto its channel whenever it changes).
-kn broker describe default -n "$ns" >/dev/null 2>&1 ||
-  kn broker create default -n "$ns" --class MTChannelBasedBroker --dl-sink ksvc:record-failure \
-    --retry 5 --backoff-policy exponential --backoff-delay PT1S --timeout PT75S
-kubectl -n "$ns" annotate broker default messaging.knative.dev/async-handler=true --overwrite
+# The Broker, with kubectl: its async-handler annotation must be on it in the request that
+# creates it (the Broker makes its channel at once, and the IMC dispatcher fixes the channel's
+# mode when it first serves it: docs/knative.md §12), and `kn broker create` has no annotation
+# flag (knative/client pkg/commands/broker/create.go). broker.yaml names its class,
+# MTChannelBasedBroker (immutable once created), rather than inherit the cluster's default.
+kubectl apply -f "$here/base/broker.yaml"
 
 kn service create web -n "$ns" --force --image "$REG/imagerec-web:$TAG" \
   --label-service app.kubernetes.io/component=web \

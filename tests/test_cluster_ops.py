@@ -251,6 +251,9 @@ def test_redis_reads_its_password_from_the_generated_config(
         assert client(password=password).config_get("maxmemory-policy") == {
             "maxmemory-policy": "noeviction"
         }
+        # What the upload's 201 promises: the blob is in the fsynced append-only file.
+        settings = client(password=password).config_get("append*")
+        assert (settings["appendonly"], settings["appendfsync"]) == ("yes", "always")
     finally:
         os.kill(process.pid, signal.SIGTERM)
         process.wait(timeout=10)
@@ -414,3 +417,75 @@ def test_skaffold_run_id_would_roll_revisions_without_the_selector(
         labelled = skaffold_set_labels(service, ours, run_id)
         assert labelled["spec"]["template"] == template, name
         assert labelled["metadata"]["labels"]["skaffold.dev/run-id"] == "8e1f"
+
+
+# skaffold v2.24's defaults for StatefulSets (visitor.go TransformAllowlist, TransformDenylist).
+SKAFFOLD_DEFAULT_STATEFULSET = {
+    "groupKind": "StatefulSet.apps",
+    "image": [".*"],
+    "labels": [".*"],
+    "podSpec": [".*"],
+}
+
+
+def test_skaffold_run_id_would_restart_the_databases_without_the_selector(
+    built: list[dict[str, Any]],
+) -> None:
+    run_id = {"skaffold.dev/run-id": "8e1f"}
+    [ours] = [
+        e for e in skaffold()["resourceSelector"]["allow"] if e["groupKind"] == "StatefulSet.apps"
+    ]
+    assert ours["podSpec"] == [".*"] and ours["image"] == [".*"], "only the labels change"
+    for statefulset in objects(built, "StatefulSet"):
+        name = statefulset["metadata"]["name"]
+        template = statefulset["spec"]["template"]
+        # skaffold's default: the run id lands in the pod template, a rolling restart per run.
+        default = skaffold_set_labels(statefulset, SKAFFOLD_DEFAULT_STATEFULSET, run_id)
+        assert default["spec"]["template"] != template, name
+        labelled = skaffold_set_labels(statefulset, ours, run_id)
+        assert labelled["spec"] == statefulset["spec"], name
+        assert labelled["metadata"]["labels"]["skaffold.dev/run-id"] == "8e1f"
+
+
+# --- what the README tells an operator to run ---------------------------------------------
+
+
+def readme() -> str:
+    return (KNATIVE / "README.md").read_text()
+
+
+def test_every_skaffold_run_the_readme_says_forwards_asks_for_it() -> None:
+    # `skaffold run` forwards nothing unless --port-forward says so; `dev` forwards the
+    # profile's portForward entries by default (skaffold cmd/skaffold/app/cmd/flags.go).
+    text = readme()
+    commands = list(re.finditer(r"skaffold run -p (?:kind|minikube)[^\n`]*", text))
+    assert commands
+    for command in commands:
+        # Either the command asks for it, or the sentence goes on to forward by hand.
+        after = text[command.end() : command.end() + 120]
+        assert "--port-forward=user" in command[0] or "kubectl -n kourier-system port-forward" in (
+            " ".join(after.split())
+        ), command[0]
+    assert "`skaffold dev -p kind` (or `skaffold run -p kind`)" not in readme()
+
+
+def version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+KUBERNETES_FLOOR = (1, 34)  # knative/pkg version/version.go on release-1.22 and release-1.23
+
+
+def test_the_quickstart_pins_a_kind_node_knative_accepts() -> None:
+    [image] = re.findall(r"kind create cluster[^\n]*\n?[^\n]*--image (\S+)", readme())
+    match = re.fullmatch(r"kindest/node:v(\d+\.\d+)\.\d+@sha256:[0-9a-f]{64}", image)
+    assert match, f"pin the node image by tag and digest: {image}"
+    assert version(match[1]) >= KUBERNETES_FLOOR
+
+
+def test_the_kafka_broker_release_matches_eventings_minor_version() -> None:
+    [eventing] = re.findall(
+        r"knative/eventing/releases/download/knative-v(\d+\.\d+)\.\d+", readme()
+    )
+    kafka = re.findall(r"eventing-kafka-broker/releases/tag/knative-v(\d+\.\d+)\.\d+", readme())
+    assert kafka and set(kafka) == {eventing}, (eventing, kafka)

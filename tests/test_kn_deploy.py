@@ -639,6 +639,35 @@ def test_the_old_channel_sink_fails_as_on_a_cluster(kn_objects: dict) -> None:
     assert resolve_sink("flows.knative.dev/v1/sequences:process-image", NAMESPACE, kn_objects)
 
 
+def created_by(record: dict, existing: dict) -> list[dict]:
+    """The objects one recorded command sends to the API server."""
+    if record["tool"] == "kn":
+        obj = kn_object(record["argv"], existing)
+        return [obj] if obj else []
+    return [doc for text in record["inputs"] for doc in yaml.safe_load_all(text) if doc]
+
+
+def test_the_broker_is_asynchronous_from_the_request_that_creates_it(
+    recorded: list[dict],
+) -> None:
+    # The Broker makes its channel at once and the IMC dispatcher fixes the channel's mode when
+    # it first serves it (docs/knative.md §12): an annotation patched in later comes too late.
+    creations = [
+        (record, obj)
+        for i, record in enumerate(recorded)
+        for obj in created_by(record, replay(recorded[:i]))
+        if obj["kind"] == "Broker"
+    ]
+    assert creations, "the script never creates the Broker"
+    record, broker = creations[0]
+    assert broker["metadata"]["annotations"] == {
+        "eventing.knative.dev/broker.class": "MTChannelBasedBroker",
+        "messaging.knative.dev/async-handler": "true",
+    }, record["argv"]
+    annotations = [r["argv"] for r in recorded if "annotate" in r["argv"]]
+    assert not annotations, "nothing is patched onto objects after their creation"
+
+
 def test_broker_class_and_strict_security_contexts(recorded: list[dict], kn_objects: dict) -> None:
     broker = kn_objects[("Broker", NAMESPACE, "default")]
     assert broker["metadata"]["annotations"]["eventing.knative.dev/broker.class"] == (

@@ -1,11 +1,11 @@
 #!/bin/sh
-# Writes the credential files kustomize's secretGenerator reads (../kustomization.yaml):
+# Writes the credential files kustomize's secretGenerator reads (kustomization.yaml here):
 #   postgres.env  POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB  (the PostgreSQL StatefulSet)
 #   redis.env     REDIS_PASSWORD                                  (the Redis StatefulSet)
 #   app.env       database-url, blob-url, secret-key              (web, steps, migrate Job)
 # with random passwords. An existing file is kept: PostgreSQL keeps the password it was first
 # initialised with, so regenerating would lock the services out of their own database.
-# Usage: sh knative/secrets/generate.sh [DIR]   (DIR defaults to this script's folder)
+# Usage: sh knative/base/secrets/generate.sh [DIR]   (DIR defaults to this script's folder)
 set -eu
 dir=${1:-$(dirname "$0")}
 umask 077
