@@ -10,6 +10,8 @@ import os
 import re
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -34,6 +36,13 @@ class BlobStore(Protocol):
     def get(self, key: str) -> bytes: ...
     def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
+    def ages(self, prefix: str = "") -> Iterator[tuple[str, float]]: ...
+    def delete_under(self, prefix: str) -> None: ...
+
+
+def album_prefix(user_id: int, album_id: int) -> str:
+    """Where every blob of one album lives (original_key): what an album's delete removes."""
+    return f"{user_id}/{album_id}/"
 
 
 def original_key(user_id: int, album_id: int, image_id: str, extension: str) -> str:
@@ -106,6 +115,22 @@ class FolderBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def ages(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Every key starting with `prefix`, with the seconds since it was written."""
+        now = time.time()
+        for path in sorted(self.root.rglob("*")):
+            key = path.relative_to(self.root).as_posix()
+            # A half-written file (put's ".tmp-") is no key; put removes it itself.
+            if key.startswith(prefix) and _KEY.match(key) and path.is_file():
+                try:
+                    yield key, now - path.stat().st_mtime
+                except FileNotFoundError:  # deleted while we looked
+                    continue
+
+    def delete_under(self, prefix: str) -> None:
+        for key, _ in list(self.ages(prefix)):
+            self.delete(key)
+
 
 class RedisBlobStore:
     def __init__(self, url: str) -> None:
@@ -132,6 +157,40 @@ class RedisBlobStore:
     def exists(self, key: str) -> bool:
         with _unavailable_on_connection_error():
             return bool(self.client.exists(check_key(key)))
+
+    def ages(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Every key starting with `prefix`, with the seconds since it was last touched (OBJECT
+        IDLETIME: a lower bound on its age, since every write or read resets it)."""
+        with _unavailable_on_connection_error():
+            for batch in _batches(self.client.scan_iter(match=_glob(prefix) + "*", count=500)):
+                pipe = self.client.pipeline(transaction=False)
+                for key in batch:
+                    pipe.object("idletime", key)
+                for key, idle in zip(batch, pipe.execute(), strict=True):
+                    name = key.decode(errors="replace")
+                    if idle is not None and _KEY.match(name):
+                        yield name, float(idle)
+
+    def delete_under(self, prefix: str) -> None:
+        with _unavailable_on_connection_error():
+            for batch in _batches(self.client.scan_iter(match=_glob(prefix) + "*", count=500)):
+                self.client.delete(*batch)
+
+
+def _glob(prefix: str) -> str:
+    """`prefix` as a Redis MATCH pattern that matches only itself."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", prefix)
+
+
+def _batches(keys: Iterator[bytes], size: int = 500) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for key in keys:
+        batch.append(key)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class _unavailable_on_connection_error:

@@ -11,12 +11,14 @@ import yaml
 from imagerec.config import DEFAULT_STUCK_AFTER_SECONDS, load_settings, stuck_after_seconds
 from imagerec.events import UPLOADED, event_data
 from imagerec.models import Album, Image, Status, User
+from imagerec.states import Patience
 from tests.recording_sink import RecordingSink
 from workflows.manifests import STUCK_MARGIN, load_manifests, retry_budget, stuck_threshold
 from workflows.reconciler import resend_stuck
 from workflows.testing import broker, ref, sequence, trigger
 
 AGO = datetime.now(UTC) - timedelta(hours=1)
+FIVE_MINUTES = Patience(uploaded=300, processing=300)
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def test_stuck_images_are_sent_again_once(backend, sink):
         (Status.REJECTED, AGO),
     )
     with backend.session() as s:
-        sent = resend_stuck(s, sink.url, timedelta(minutes=5))
+        sent = resend_stuck(s, sink.url, FIVE_MINUTES)
     assert sorted(sent) == ["img0", "img1"]
     assert sorted(e["subject"] for e in sink.events) == ["img0", "img1"]
     event = next(e for e in sink.events if e["subject"] == "img0")
@@ -72,7 +74,7 @@ def test_stuck_images_are_sent_again_once(backend, sink):
     assert event_data(event)["blobKey"].endswith("/img0.jpg")
     with backend.session() as s:
         # Touched: not sent again on the next round.
-        assert resend_stuck(s, sink.url, timedelta(minutes=5)) == []
+        assert resend_stuck(s, sink.url, FIVE_MINUTES) == []
         assert s.get(Image, "img1").status == Status.UPLOADED
 
 
@@ -80,7 +82,7 @@ def test_unreachable_sink_changes_nothing(backend, sink):
     _images(backend, (Status.UPLOADED, AGO))
     sink.close()
     with backend.session() as s:
-        assert resend_stuck(s, sink.url, timedelta(minutes=5)) == []
+        assert resend_stuck(s, sink.url, FIVE_MINUTES) == []
     with backend.session() as s:
         assert s.get(Image, "img0").updated_at.replace(tzinfo=UTC) < AGO + timedelta(seconds=1)
 
@@ -90,9 +92,9 @@ def test_rejecting_sink_leaves_the_image_for_later(backend):
     try:
         _images(backend, (Status.UPLOADED, AGO))
         with backend.session() as s:
-            assert resend_stuck(s, sink.url, timedelta(minutes=5)) == []
+            assert resend_stuck(s, sink.url, FIVE_MINUTES) == []
         with backend.session() as s:
-            assert resend_stuck(s, sink.url, timedelta(minutes=5)) == []
+            assert resend_stuck(s, sink.url, FIVE_MINUTES) == []
         assert len(sink.events) == 2
     finally:
         sink.close()
@@ -117,7 +119,7 @@ def test_a_photo_finished_while_being_re_sent_stays_done(backend):
     sink = FinishingSink(backend)
     try:
         with backend.session() as s:
-            assert resend_stuck(s, sink.url, timedelta(minutes=5)) == ["img0"]
+            assert resend_stuck(s, sink.url, FIVE_MINUTES) == ["img0"]
     finally:
         sink.close()
     with backend.session() as s:
@@ -129,7 +131,7 @@ def test_one_refused_photo_does_not_hold_up_the_others(backend):
     sink = RecordingSink(status=400)
     try:
         with backend.session() as s:
-            assert resend_stuck(s, sink.url, timedelta(minutes=5)) == []
+            assert resend_stuck(s, sink.url, FIVE_MINUTES) == []
         assert [e["subject"] for e in sink.events] == ["img0", "img1"]
     finally:
         sink.close()
@@ -193,13 +195,13 @@ def test_a_hop_without_timeout_counts_the_services_request_limit(tmp_path):
 
 
 def test_the_reconciler_leaves_work_younger_than_the_threshold(backend, sink):
-    threshold = timedelta(seconds=stuck_after_seconds({}))
+    threshold = stuck_after_seconds({})
     now = datetime.now(UTC)
     _images(
         backend,
-        (Status.PROCESSING, now - threshold + timedelta(minutes=1)),
-        (Status.PROCESSING, now - threshold - timedelta(minutes=1)),
+        (Status.PROCESSING, now - timedelta(seconds=threshold - 60)),
+        (Status.PROCESSING, now - timedelta(seconds=threshold + 60)),
     )
     with backend.session() as session:
-        sent = resend_stuck(session, sink.url, threshold, now=now)
+        sent = resend_stuck(session, sink.url, Patience(threshold, threshold), now=now)
     assert sent == ["img1"]

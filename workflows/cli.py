@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from datetime import timedelta
 
 from imagerec import logs
 from imagerec.config import load_settings
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sink:
             parser.error("no sink: pass --sink or set K_SINK")
         with session_factory(settings.database_url)() as session:
-            sent = resend_stuck(session, sink, timedelta(seconds=settings.stuck_after_seconds))
+            sent = resend_stuck(session, sink, settings.patience)
         print(f"re-sent {len(sent)} stuck image(s)")
         return 0
     return 2
