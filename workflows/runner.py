@@ -628,10 +628,26 @@ class Runner:
 
 
 _MAX_LINE = 4096  # a chunk-size line (with extensions) or a trailer; Go allows 4096 too
+# Events carry metadata, never images: the largest one the schemas allow (imagerec/schemas,
+# every string at its longest and escaped, 100 detections and labels) is about a third of this
+# (tests/test_runner_ingress.py builds it). 1 MiB is also what a Kafka-backed broker takes by
+# default (message.max.bytes); Knative's MT broker ingress sets no limit (docs/local-runner.md).
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 class _BadFraming(ValueError):
     """The request's body cannot be delimited: a bad Content-Length or chunk size."""
+
+
+class _TooLarge(ValueError):
+    """The request's body is over MAX_EVENT_BYTES: refused before (or instead of) reading it."""
+
+
+def _too_large() -> str:
+    return (
+        f"an event is at most {MAX_EVENT_BYTES} bytes (events carry metadata; the image "
+        "goes into the blob store)"
+    )
 
 
 def _chunk_size(line: bytes) -> int:
@@ -694,11 +710,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         try:
             body = self._read_body()
-        except _BadFraming as e:
-            # Where the next request starts is unknown: answer, then close (as Go's server does).
+        except (_BadFraming, _TooLarge) as e:
+            # Where the next request starts is unknown (or the rest is left unread): answer,
+            # then close (as Go's server does).
             log.warning("ingress: refused %s: %s", self.path, e)
             self.close_connection = True
-            self._send(400, {"Connection": "close"}, f"{e}\n")
+            status = 413 if isinstance(e, _TooLarge) else 400
+            self._send(status, {"Connection": "close"}, f"{e}\n")
             return
         status, headers, message = self.runner.receive(
             self.command, self.path, dict(self.headers), body, self._caller_gone
@@ -736,8 +754,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
+            chunks, total = [], 0
             while (size := _chunk_size(self.rfile.readline(_MAX_LINE))) > 0:
+                total += size
+                if total > MAX_EVENT_BYTES:
+                    raise _TooLarge(_too_large())
                 chunk = self.rfile.read(size)
                 if len(chunk) < size:
                     raise _BadFraming("the body ended inside a chunk")
@@ -753,6 +774,8 @@ class _Handler(BaseHTTPRequestHandler):
         if len(set(lengths)) > 1 or not lengths[0].strip().isdigit():
             raise _BadFraming(f"Content-Length must be one non-negative integer, got {lengths}")
         length = int(lengths[0])
+        if length > MAX_EVENT_BYTES:
+            raise _TooLarge(_too_large())
         body = self.rfile.read(length)
         if len(body) < length:
             raise _BadFraming(f"the body ended after {len(body)} of {length} bytes")
