@@ -36,6 +36,7 @@ class BlobStore(Protocol):
     def get(self, key: str) -> bytes: ...
     def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
     def ages(self, prefix: str = "") -> Iterator[tuple[str, float]]: ...
     def delete_under(self, prefix: str) -> None: ...
 
@@ -115,6 +116,12 @@ class FolderBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobNotFound(key) from None
+
     def ages(self, prefix: str = "") -> Iterator[tuple[str, float]]:
         """Every key starting with `prefix`, with the seconds since it was written."""
         now = time.time()
@@ -157,6 +164,13 @@ class RedisBlobStore:
     def exists(self, key: str) -> bool:
         with _unavailable_on_connection_error():
             return bool(self.client.exists(check_key(key)))
+
+    def size(self, key: str) -> int:
+        with _unavailable_on_connection_error():
+            exists, length = self.client.pipeline().exists(check_key(key)).strlen(key).execute()
+        if not exists:
+            raise BlobNotFound(key)
+        return int(length)
 
     def ages(self, prefix: str = "") -> Iterator[tuple[str, float]]:
         """Every key starting with `prefix`, with the seconds since it was last touched (OBJECT
