@@ -74,6 +74,16 @@ def working_key(original: str) -> str:
     return check_key(f"{stem}.work.jpg")
 
 
+def photo_keys(original: str) -> list[str]:
+    """Every key one photo's blobs live under: its original, thumbnail and any working copy.
+    Derived from the original's key, never from a stored thumbnail key (which only says that
+    a thumbnail exists, and may be written after a row was read)."""
+    keys = {original, thumbnail_key(original)}
+    if has_working_copy(original):
+        keys.add(working_key(original))
+    return sorted(keys)
+
+
 def check_key(key: str) -> str:
     # Each segment is a file or folder name in the folder backend: keep under NAME_MAX (255).
     if len(key) > 512 or not _KEY.match(key) or ".." in key or max(map(len, key.split("/"))) > 200:

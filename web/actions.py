@@ -35,6 +35,7 @@ from imagerec.blobstore import (
     album_prefix,
     has_working_copy,
     original_key,
+    photo_keys,
     thumbnail_key,
     working_key,
 )
@@ -228,13 +229,7 @@ def _count_removal(album_id: int) -> None:
 
 
 def _blob_keys(image: Image) -> list[str]:
-    # Derived from the original's key, never the stored thumbnail_key: that column only says
-    # a thumbnail exists (and the pipeline may write one after this row was read). The
-    # working copy of a HEIC is derived too, and never recorded.
-    keys = {image.blob_key, thumbnail_key(image.blob_key)}
-    if has_working_copy(image.blob_key):
-        keys.add(working_key(image.blob_key))
-    return sorted(keys)
+    return photo_keys(image.blob_key)
 
 
 def _delete_blobs(keys: list[str]) -> None:
@@ -284,8 +279,7 @@ def move_image(image: Image, album: Album) -> Image:
     except BlobStoreUnavailable as e:
         raise ServiceUnavailable("The photo store is unreachable; try again shortly.") from e
     name, content_hash = image.file_name, image.content_hash
-    new_keys = [new_key, thumbnail_key(new_key)]
-    new_keys += [working_key(new_key)] if has_working_copy(new_key) else []
+    new_keys = photo_keys(new_key)
     _count_removal(image.album_id)
     try:
         # Conditional: a retry that slipped in since the photo was loaded (or another move)

@@ -11,6 +11,7 @@ person to retry.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from imagerec.blobstore import BlobStore, photo_keys
 from imagerec.events import UPLOADED, EmitFailed, emit, new_event
 from imagerec.images import uploaded_event_data
 from imagerec.logs import event_fields
@@ -70,6 +72,40 @@ def _touch(session: Session, image: Image, cutoffs: dict) -> None:
     """
     retry(session, image, cutoffs, failed=False, keep_reason=True)
     session.commit()
+
+
+# What the service's keys start with (imagerec.blobstore.original_key): user, album, image id.
+_PHOTO_KEY = re.compile(r"^\d+/\d+/([A-Za-z0-9][A-Za-z0-9_-]{0,63})\.")
+
+
+def sweep_orphans(session: Session, blobs: BlobStore, grace: float) -> list[str]:
+    """Delete the blobs no photo row owns that were left alone for `grace` seconds; returns
+    their keys.
+
+    Orphans come from an upload whose row was never committed (the database went away, the
+    album was deleted meanwhile), a thumbnail written after its photo was deleted, or a
+    delete whose blob store was down. `grace` must cover an outside emitter's blob waiting
+    for extract-metadata to make its row: the first hop's budget (Settings.untouched_after_
+    seconds). Keys the service does not make are never touched.
+    """
+    old = [
+        (key, match.group(1))
+        for key, age in blobs.ages()
+        if age > grace and (match := _PHOTO_KEY.match(key))
+    ]
+    deleted = []
+    for start in range(0, len(old), 500):
+        batch = old[start : start + 500]
+        originals = session.scalars(
+            select(Image.blob_key).where(Image.id.in_({image_id for _, image_id in batch}))
+        )
+        owned = {key for original in originals for key in photo_keys(original)}
+        for key, _ in batch:
+            if key not in owned:
+                blobs.delete(key)
+                deleted.append(key)
+                log.info("deleted orphaned blob %s", key)
+    return deleted
 
 
 class Reconciler:
