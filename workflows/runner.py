@@ -633,6 +633,7 @@ _MAX_LINE = 4096  # a chunk-size line (with extensions) or a trailer; Go allows 
 # (tests/test_runner_ingress.py builds it). 1 MiB is also what a Kafka-backed broker takes by
 # default (message.max.bytes); Knative's MT broker ingress sets no limit (docs/local-runner.md).
 MAX_EVENT_BYTES = 1024 * 1024
+_LINGER_BYTES = 256 * 1024  # as much as Go reads of an unread body (maxPostHandlerReadBytes)
 
 
 class _BadFraming(ValueError):
@@ -717,6 +718,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             status = 413 if isinstance(e, _TooLarge) else 400
             self._send(status, {"Connection": "close"}, f"{e}\n")
+            self._linger()
             return
         status, headers, message = self.runner.receive(
             self.command, self.path, dict(self.headers), body, self._caller_gone
@@ -725,6 +727,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self._send(status, headers, message)
+
+    def _linger(self) -> None:
+        """Let the answer reach a client still sending: closing with its bytes unread would
+        reset the connection, and the reset can discard the answer before it is read. So end
+        our side, then read and drop a bounded amount for a moment (Go's server shuts its side and
+        waits, net/http server.go closeWriteAndWait)."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(1.0)
+            dropped = 0
+            while dropped < _LINGER_BYTES and (chunk := self.connection.recv(65536)):
+                dropped += len(chunk)
+        except OSError:
+            pass
 
     def _caller_gone(self) -> bool:
         """Whether the client closed its end (what cancels a Go handler's request context)."""
