@@ -55,12 +55,10 @@ def record_failure(event: CloudEvent) -> None:
 def _fail(session: Session, image: Image, event: CloudEvent, reason: str) -> None:
     try:
         failed_now = advance(session, image, Status.FAILED)
-    except IllegalTransition:
+    except IllegalTransition as e:
         # A finished photo stays finished: this is a stale redelivery, or only announcing
-        # the outcome (dev.imagerec.image.processed) failed.
-        log.warning(
-            "image %s is %s; dead letter %s: %s", image.id, image.status, event["type"], reason
-        )
+        # the outcome (dev.imagerec.image.processed) failed. Or the photo was deleted meanwhile.
+        log.warning("%s; dead letter %s: %s", e, event["type"], reason)
         return
     if failed_now:
         log.warning("image %s failed: %s", image.id, reason)

@@ -3,7 +3,8 @@
 Consumes dev.imagerec.image.labelled (status done) or dev.imagerec.image.rejected (status
 rejected, with its reason) and replies dev.imagerec.image.processed {imageId, status}.
 The event must agree with the image's row (owner, album, original, thumbnail key: all derived
-from the row, never taken from the event), and its outcome must be one the photo may still
+from the row, never taken from the event), a done photo's thumbnail must be in the blob store,
+and its outcome must be one the photo may still
 reach (imagerec.states): a done photo stays done, and a redelivered outcome writes nothing.
 
     functions-framework --source functions/store_results.py --target store_results
@@ -18,6 +19,7 @@ from cloudevents.http import CloudEvent
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from imagerec.blobstore import BlobNotFound
 from imagerec.events import LABELLED, PROCESSED, REJECTED, BadEvent, event_data, new_event
 from imagerec.images import (
     check_thumbnail_key,
@@ -27,7 +29,7 @@ from imagerec.images import (
 )
 from imagerec.models import Detection, Image, Status
 from imagerec.states import advance
-from imagerec.steps import cloudevent_step, db_session
+from imagerec.steps import blob_store, cloudevent_step, db_session
 
 SOURCE = "/functions/store-results"
 OUTCOMES = {LABELLED: Status.DONE, REJECTED: Status.REJECTED}
@@ -55,6 +57,9 @@ def store_results(event: CloudEvent) -> CloudEvent:
             status = Status.REJECTED
             data = {**_without_results(data), "reason": duplicate_reason(twin)}
             thumbnail = None
+        if thumbnail is not None and not blob_store().exists(thumbnail):
+            # A done photo shows its thumbnail: a forged labelled event cannot make one 404.
+            raise BlobNotFound(thumbnail)
         # Duplicate deliveries may run at once: the status moves in one conditional UPDATE,
         # which locks the row, so only the first writes the outcome and the others find it.
         if advance(session, image, status):

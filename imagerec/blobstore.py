@@ -10,6 +10,8 @@ import os
 import re
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -34,6 +36,14 @@ class BlobStore(Protocol):
     def get(self, key: str) -> bytes: ...
     def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
+    def ages(self, prefix: str = "") -> Iterator[tuple[str, float]]: ...
+    def delete_under(self, prefix: str) -> None: ...
+
+
+def album_prefix(user_id: int, album_id: int) -> str:
+    """Where every blob of one album lives (original_key): what an album's delete removes."""
+    return f"{user_id}/{album_id}/"
 
 
 def original_key(user_id: int, album_id: int, image_id: str, extension: str) -> str:
@@ -62,6 +72,16 @@ def working_key(original: str) -> str:
     """Beside the original, as the thumbnail; deleted with it."""
     stem = original.rsplit(".", 1)[0]
     return check_key(f"{stem}.work.jpg")
+
+
+def photo_keys(original: str) -> list[str]:
+    """Every key one photo's blobs live under: its original, thumbnail and any working copy.
+    Derived from the original's key, never from a stored thumbnail key (which only says that
+    a thumbnail exists, and may be written after a row was read)."""
+    keys = {original, thumbnail_key(original)}
+    if has_working_copy(original):
+        keys.add(working_key(original))
+    return sorted(keys)
 
 
 def check_key(key: str) -> str:
@@ -106,6 +126,28 @@ class FolderBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobNotFound(key) from None
+
+    def ages(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Every key starting with `prefix`, with the seconds since it was written."""
+        now = time.time()
+        for path in sorted(self.root.rglob("*")):
+            key = path.relative_to(self.root).as_posix()
+            # A half-written file (put's ".tmp-") is no key; put removes it itself.
+            if key.startswith(prefix) and _KEY.match(key) and path.is_file():
+                try:
+                    yield key, now - path.stat().st_mtime
+                except FileNotFoundError:  # deleted while we looked
+                    continue
+
+    def delete_under(self, prefix: str) -> None:
+        for key, _ in list(self.ages(prefix)):
+            self.delete(key)
+
 
 class RedisBlobStore:
     def __init__(self, url: str) -> None:
@@ -132,6 +174,47 @@ class RedisBlobStore:
     def exists(self, key: str) -> bool:
         with _unavailable_on_connection_error():
             return bool(self.client.exists(check_key(key)))
+
+    def size(self, key: str) -> int:
+        with _unavailable_on_connection_error():
+            exists, length = self.client.pipeline().exists(check_key(key)).strlen(key).execute()
+        if not exists:
+            raise BlobNotFound(key)
+        return int(length)
+
+    def ages(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Every key starting with `prefix`, with the seconds since it was last touched (OBJECT
+        IDLETIME: a lower bound on its age, since every write or read resets it)."""
+        with _unavailable_on_connection_error():
+            for batch in _batches(self.client.scan_iter(match=_glob(prefix) + "*", count=500)):
+                pipe = self.client.pipeline(transaction=False)
+                for key in batch:
+                    pipe.object("idletime", key)
+                for key, idle in zip(batch, pipe.execute(), strict=True):
+                    name = key.decode(errors="replace")
+                    if idle is not None and _KEY.match(name):
+                        yield name, float(idle)
+
+    def delete_under(self, prefix: str) -> None:
+        with _unavailable_on_connection_error():
+            for batch in _batches(self.client.scan_iter(match=_glob(prefix) + "*", count=500)):
+                self.client.delete(*batch)
+
+
+def _glob(prefix: str) -> str:
+    """`prefix` as a Redis MATCH pattern that matches only itself."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", prefix)
+
+
+def _batches(keys: Iterator[bytes], size: int = 500) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for key in keys:
+        batch.append(key)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class _unavailable_on_connection_error:

@@ -8,12 +8,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagerec.states import Patience
+
 DEFAULT_DETECTOR_MODEL = "https://tfhub.dev/google/openimages_v4/ssd/mobilenet_v2/1"
 # How long a photo may sit in uploaded/processing while Knative may still be retrying its work:
 # the retry budget of knative/'s longest path, every attempt of every hop timing out, plus a
 # margin (workflows.manifests.stuck_threshold; tests/test_reconciler.py fails when the manifests
 # change it: put the figure it prints here).
 DEFAULT_STUCK_AFTER_SECONDS = 12017.0
+# How long a photo may sit in uploaded, untouched by any step, while Knative may still be
+# working on the first hop (to extract-metadata, which moves it to processing on first touch):
+# that hop's call and dead-letter legs, every attempt timing out, plus the margin
+# (workflows.manifests.untouched_threshold; tests/test_reconciler.py checks the figure).
+DEFAULT_UNTOUCHED_AFTER_SECONDS = 1022.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,16 @@ class Settings:
     max_image_pixels: int
     max_upload_bytes: int
     stuck_after_seconds: float
+    untouched_after_seconds: float
+
+    @property
+    def patience(self) -> Patience:
+        """When the reconciler counts a photo's work as lost (imagerec.states); an untouched
+        upload never waits longer than a stuck photo would."""
+        return Patience(
+            uploaded=min(self.untouched_after_seconds, self.stuck_after_seconds),
+            processing=self.stuck_after_seconds,
+        )
 
     @property
     def secret_key(self) -> str:
@@ -61,6 +78,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_image_pixels=int(env.get("IMAGEREC_MAX_IMAGE_PIXELS", str(50_000_000))),
         max_upload_bytes=int(env.get("IMAGEREC_MAX_UPLOAD_BYTES", str(30 * 1024 * 1024))),
         stuck_after_seconds=stuck_after_seconds(env),
+        untouched_after_seconds=float(
+            env.get("IMAGEREC_UNTOUCHED_AFTER_SECONDS") or DEFAULT_UNTOUCHED_AFTER_SECONDS
+        ),
     )
 
 

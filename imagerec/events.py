@@ -153,11 +153,27 @@ def event_data(event: CloudEvent) -> dict[str, Any]:
             jsonschema.Draft202012Validator(schema).iter_errors(data)
         )
         if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "data"
-            raise BadEvent(f"invalid {event['type']} data at {where}: {error.message}"[:500])
+            raise BadEvent(f"invalid {event['type']} data {_schema_error(error)}"[:500])
         if event.get("subject") != data["imageId"]:
             raise BadEvent("CloudEvent subject must be the image id (data.imageId)")
     return data
+
+
+def _schema_error(error: jsonschema.exceptions.ValidationError) -> str:
+    where = "/".join(str(p) for p in error.absolute_path) or "data"
+    if error.validator == "pattern" and isinstance(error.instance, str):
+        # The text patterns refuse controls, line separators and bidi overrides (which can
+        # make "photo\u202egpj.exe" show as "photoexe.jpg"): name the character, not the regex.
+        pattern = error.validator_value
+        hidden = next(
+            (c for c in error.instance if not c.isprintable() and not re.search(pattern, c)), None
+        )
+        if hidden is not None:
+            return (
+                f"at {where}: {where} holds U+{ord(hidden):04X}, a control, line-separator "
+                "or bidirectional formatting character, which event text may not hold"
+            )
+    return f"at {where}: {error.message}"
 
 
 @cache

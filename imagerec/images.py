@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from imagerec.blobstore import BlobStore, thumbnail_key
+from imagerec.blobstore import BlobNotFound, BlobStore, thumbnail_key
 from imagerec.models import Album, Image, Status, User
 
 _EXTENSION = re.compile(r"^[A-Za-z0-9]{1,10}$")
@@ -42,8 +42,15 @@ def register_upload(session: Session, data: dict[str, Any], blobs: BlobStore) ->
     album = session.get(Album, data["albumId"])
     if album is None or album.user_id != data["userId"]:
         raise UnknownOwner(f"no album {data['albumId']} for user {data['userId']}")
-    if not blobs.exists(data["blobKey"]):
-        raise UnknownOwner(f"no blob under key {data['blobKey']!r}")
+    try:
+        stored = blobs.size(data["blobKey"])
+    except BlobNotFound:
+        raise UnknownOwner(f"no blob under key {data['blobKey']!r}") from None
+    if stored != data["size"]:
+        raise EventDisagrees(
+            f"the event says {data['size']} bytes; the blob under {data['blobKey']!r} "
+            f"holds {stored}"
+        )
     image = Image(
         id=data["imageId"],
         user_id=data["userId"],

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from uuid import uuid4
@@ -13,7 +16,7 @@ from uuid import uuid4
 import pytest
 import redis
 import requests
-from conftest import IMAGES, manifest
+from conftest import IMAGES, MODEL, manifest
 from pipeline import start_dev_stack
 
 from imagerec.blobstore import original_key
@@ -24,7 +27,7 @@ from imagerec.formats import extension_for
 from imagerec.images import register_upload
 from imagerec.models import Album, Image, Status, User
 from web.client import ApiSession
-from workflows.dev import DevStack
+from workflows.dev import DevStack, free_port
 from workflows.manifests import load_manifests
 
 pytestmark = pytest.mark.slow
@@ -277,3 +280,79 @@ def test_the_detector_sizes_its_threads_from_the_cpu_limit(stack):
     assert (state["intraOpThreads"], state["interOpThreads"]) == tensorflow_threads()
     assert stack.children["detect-objects"].env["THREADS"] == str(usable_cpus())
     assert stack.children["make-thumbnail"].env["THREADS"] == str(request_threads())
+
+
+def _start_imagerec_dev(data_dir: Path, port: int) -> subprocess.Popen[str]:
+    """`imagerec dev` as a person runs it (default thresholds: 3 h 20 min for processing)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEREC_", "K_SINK"))}
+    env.update(IMAGEREC_DATA_DIR=str(data_dir), IMAGEREC_DETECTOR_MODEL=str(MODEL))
+    command = "import sys; from workflows.cli import main; sys.exit(main())"
+    process = subprocess.Popen(
+        [sys.executable, "-c", command, "dev", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "album page at" in line:
+            break
+    else:
+        pytest.fail(f"imagerec dev ended with {process.wait()}")
+    # Keep reading its output, so its pipe never fills and blocks it.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
+    return process
+
+
+def test_a_killed_runner_strands_nothing_it_accepted(tmp_path):
+    """kill -9 of `imagerec dev` mid-batch (its runner held every event in flight, in memory),
+    then a restart: every accepted photo is done within two minutes of the restart."""
+    data_dir = tmp_path / "data"
+    names = [e["file"] for e in manifest()["objects"] + manifest()["exif"]]
+    outcomes = expected_outcomes()
+    names = [n for n in names if outcomes[n] == Status.DONE][:12]
+    processes = [_start_imagerec_dev(data_dir, port := free_port())]
+    try:
+        web = ApiSession(f"http://127.0.0.1:{port}/")
+        user = {"username": "kill-nine", "password": "long enough 1"}
+        web.csrf = web.call("POST", "/api/users", json=user)["csrfToken"]
+        album = web.album_id("batch")
+        ids = []
+        for name in names:
+            upload = web.upload_file(album, IMAGES / name, None)
+            assert upload.outcome == "uploaded", upload.message
+            ids.append(upload.image["id"])
+        sessions = session_factory(f"sqlite:///{data_dir / 'imagerec.db'}")
+
+        def statuses() -> dict[str, str]:
+            with sessions() as s:
+                return {i: s.get(Image, i).status for i in ids}
+
+        deadline = time.monotonic() + 120
+        while Status.DONE not in statuses().values() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(processes[0].pid, signal.SIGKILL)  # its children get SIGTERM (PDEATHSIG)
+        processes[0].wait(timeout=10)
+        in_flight = [i for i, s in statuses().items() if s in (Status.UPLOADED, Status.PROCESSING)]
+        assert in_flight, "the batch was done before the kill: nothing was tested"
+
+        restarted = time.monotonic()
+        processes.append(_start_imagerec_dev(data_dir, free_port()))
+        while time.monotonic() < restarted + 120:
+            if set(statuses().values()) == {Status.DONE}:
+                break
+            time.sleep(0.5)
+        assert set(statuses().values()) == {Status.DONE}, (
+            f"{len(in_flight)} in flight at the kill; not done 2 min after the restart: "
+            f"{ {i: s for i, s in statuses().items() if s != Status.DONE} }"
+        )
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)

@@ -591,3 +591,31 @@ def test_metadata_agrees_with_exiftool(embedded_backend, monkeypatch):
         else:
             assert metadata["geo"] is None
     imagerec.steps.settings.cache_clear()
+
+
+@pytest.mark.parametrize("claimed", [-1, +1, 10**9])
+def test_an_emitters_size_that_is_not_the_blobs_is_a_422_and_stores_nothing(
+    configured, client, owner, claimed
+):
+    data = upload(configured, "exif/canon_40d.jpg", owner)
+    lying = {**data, "size": data["size"] + claimed}
+
+    message = _assert_refused(post_event(client, event_for(lying)), 422)
+
+    assert f"says {lying['size']} bytes" in message and f"holds {data['size']}" in message
+    with configured.session() as session:
+        assert session.scalars(select(Image)).all() == []
+
+
+@pytest.mark.parametrize("character", ["\u202e", "\u2028", "\u2066", "\u200f", "\x85"])
+def test_an_emitters_file_name_with_bidi_or_line_controls_is_a_400(
+    configured, client, owner, character
+):
+    data = upload(configured, "exif/canon_40d.jpg", owner)
+    spoof = {**data, "fileName": f"photo{character}gpj.exe"}
+
+    message = _assert_refused(post_event(client, event_for(spoof)), 400)
+
+    assert f"fileName holds U+{ord(character):04X}" in message
+    with configured.session() as session:
+        assert session.scalars(select(Image)).all() == []

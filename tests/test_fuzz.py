@@ -24,10 +24,11 @@ from test_store_results import labelled
 from test_web_app import DOG, make_app, sign_up
 
 from imagerec.blobstore import thumbnail_key
-from imagerec.events import ACCEPTED, LABELLED, REJECTED, UPLOADED, encode
+from imagerec.events import ACCEPTED, LABELLED, REJECTED, UPLOADED, encode, new_event
 from imagerec.images import register_upload
 from imagerec.models import Album, Detection, Image, Status, User
 from tests.runner_support import Subscriber, broker, ref, running, trigger
+from workflows.runner import MAX_EVENT_BYTES
 
 # PostgreSQL and Redis: where a value too large for its column is an error, not a string.
 on_real_backend = pytest.mark.parametrize("backend", ["real"], indirect=True)
@@ -53,8 +54,15 @@ JSON = st.recursive(
 )
 # Values chosen to hit limits: lengths around column sizes, integers around 2**31 and 2**63,
 # text PostgreSQL cannot hold (NUL, lone surrogates), keys that escape or name another user.
+# Characters event text may not hold (imagerec/schemas): controls, line separators, bidi ones.
+REFUSED_CHARS = st.sampled_from(
+    ["\x00", "\x1b", "\x7f", "\x85", "\u061c", "\u200e", "\u200f"]
+    + [chr(c) for c in range(0x2028, 0x202F)]
+    + [chr(c) for c in range(0x2066, 0x206A)]
+)
 EDGY_TEXT = st.sampled_from(
     ["", " ", "\x00", "\ud800", "../../etc/passwd", "a" * 33, "b" * 129, "c" * 256, "d" * 513]
+    + ["photo\u202egpj.exe", "line\u2028break", "\u2066isolate\u2069"]
 ) | st.text(max_size=20)
 EDGY_INT = st.sampled_from([0, -1, 1, 2**31 - 1, 2**31, 2**53, 2**63, -(2**63) - 1, 10**30])
 
@@ -196,6 +204,28 @@ def test_no_step_answers_5xx_or_touches_another_users_photo(steps, scene, data):
     assert _snapshot(backend, ann["userId"]) == before
 
 
+@on_real_backend
+@settings(FUZZ, max_examples=60)
+@given(data=st.data())
+def test_event_text_holding_a_control_or_bidi_character_is_a_400(steps, scene, data):
+    """Wherever it sits in a free-text field, the answer names it and nothing is stored."""
+    backend, ann, bob = scene
+    field = data.draw(st.sampled_from(["fileName", "contentType"]), label="field")
+    text = data.draw(st.text(alphabet=string.ascii_letters + " .日本", max_size=30), label="text")
+    at = data.draw(st.integers(0, len(text)), label="at")
+    character = data.draw(REFUSED_CHARS, label="character")
+    fresh = {**bob, "imageId": "fuzz-" + data.draw(st.uuids(), label="id").hex}
+    event = event_for({**fresh, field: text[:at] + character + text[at:]}, UPLOADED)
+    headers, body = encode(event, structured=data.draw(st.booleans(), label="structured"))
+
+    response = steps["extract_metadata"].post("/", data=body, headers=headers)
+
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert f"U+{ord(character):04X}" in response.get_data(as_text=True)
+    with backend.session() as session:
+        assert session.get(Image, fresh["imageId"]) is None
+
+
 # --- the web's JSON routes -------------------------------------------------------------------
 
 
@@ -307,3 +337,21 @@ def test_the_runner_ingress_never_answers_5xx(ingress, data):
     )
     response = requests.post(ingress, data=body, headers={**headers, **extra}, timeout=10)
     assert response.status_code < 500, (headers, extra, body[:100], response.text[:200])
+
+
+@settings(FUZZ, max_examples=20)  # bodies of a mebibyte: a few are enough
+@given(data=st.data())
+def test_the_runner_ingress_refuses_bodies_over_its_limit_with_413(ingress, data):
+    size = data.draw(
+        st.integers(MAX_EVENT_BYTES - 16, MAX_EVENT_BYTES + 16)
+        | st.integers(MAX_EVENT_BYTES, 3 * MAX_EVENT_BYTES),
+        label="size",
+    )
+    headers, body = encode(new_event("t", "/tests", {"pad": ""}))
+    body = body[:-2] + b"x" * max(0, size - len(body)) + b'"}'
+    chunked = data.draw(st.booleans(), label="chunked")
+    sent = iter([body]) if chunked else body  # an iterator: requests sends it chunked
+
+    response = requests.post(ingress, data=sent, headers=headers, timeout=30)
+
+    assert response.status_code == (413 if len(body) > MAX_EVENT_BYTES else 202), response.text

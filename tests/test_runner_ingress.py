@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 
 import pytest
 import requests
 
-from imagerec.events import BATCH, encode, new_event
+from imagerec.events import BATCH, LABELLED, REJECTED, encode, event_data, event_schema, new_event
 from tests.runner_support import (
     FakeClock,
     Subscriber,
@@ -218,3 +219,106 @@ def test_delivery_format_json_sends_structured_mode(tmp_path):
     envelope = json.loads(received.body)
     assert (envelope["type"], envelope["data"]) == ("t", {"n": 2})
     assert "ce-type" not in received.headers
+
+
+# -- the body limit: events carry metadata, never images ---------------------------------------
+
+HEAD = (
+    "POST /ns/default HTTP/1.1\r\nHost: x\r\nce-specversion: 1.0\r\nce-id: e1\r\n"
+    "ce-source: /tests\r\nce-type: t\r\nContent-Type: application/json\r\n"
+)
+
+
+def _answer_without_sending_the_body(url: str, head: str, first_bytes: bytes) -> bytes:
+    """Send the head and a little of the body, keep the connection open, read the answer:
+    a server that waited for the rest would time out here."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(head.encode() + b"\r\n" + first_bytes)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := conn.recv(65536)):
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("framing", ["Content-Length", "chunked"])
+def test_an_event_over_the_limit_is_413_unread_and_reaches_nobody(tmp_path, framing):
+    if framing == "Content-Length":
+        head, start = HEAD + f"Content-Length: {MAX_EVENT_BYTES + 1}\r\n", b"{"
+    else:
+        head = HEAD + "Transfer-Encoding: chunked\r\n"
+        start = f"{MAX_EVENT_BYTES + 1:x}\r\n{{".encode()
+    with Subscriber() as sink, running(tmp_path, EVERYTHING, {"sink": sink.url}) as (runner, srv):
+        answer = _answer_without_sending_the_body(srv.broker_url, head, start)
+        runner.wait_idle()
+        assert sink.received() == []
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"Connection: close" in answer
+
+
+def test_an_event_at_the_limit_is_still_taken(tmp_path):
+    with Subscriber() as sink, running(tmp_path, EVERYTHING, {"sink": sink.url}) as (runner, srv):
+        headers, body = encode(new_event("t", "/tests", {"pad": ""}))
+        body = body[:-2] + b"x" * (MAX_EVENT_BYTES - len(body)) + b'"}'
+        assert len(body) == MAX_EVENT_BYTES
+        response = requests.post(srv.broker_url, data=body, headers=headers, timeout=10)
+        runner.wait_idle()
+    assert response.status_code == 202
+
+
+def _at_the_bounds(schema: dict, value):
+    """`value` with every free-text string at its longest, in the costliest characters JSON
+    can carry (astral ones, escaped as 12 bytes), and every list at its longest."""
+    if schema.get("type") == "object" and isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {k: _at_the_bounds(props.get(k, {}), v) for k, v in value.items()}
+    if schema.get("type") == "array" and isinstance(value, list) and value:
+        item = _at_the_bounds(schema.get("items", {}), value[0])
+        return [item] * schema.get("maxItems", len(value))
+    if (
+        isinstance(value, str)
+        and "maxLength" in schema
+        and schema.get("pattern", "^[^").startswith("^[^")
+    ):
+        return "\U0001f600" * schema["maxLength"]
+    return value
+
+
+@pytest.mark.parametrize("event_type", [LABELLED, REJECTED])
+def test_the_largest_event_the_schemas_allow_fits_well_under_the_limit(event_type):
+    upload = {
+        "imageId": "i" * 64,
+        "userId": 2**31 - 1,
+        "albumId": 2**31 - 1,
+        "blobKey": "k" * 400,
+        "fileName": "f",
+        "contentType": "c",
+        "size": 2**53 - 1,
+    }
+    if event_type == REJECTED:
+        data = {**upload, "reason": "r"}
+    else:
+        data = {
+            **upload,
+            "metadata": {
+                "creationTime": "2024-05-01T10:00:00+02:00",
+                "geo": None,
+                "exifMake": "m",
+                "exifModel": "m",
+                "dimensions": {"width": 2**31 - 1, "height": 2**31 - 1},
+                "orientation": 8,
+                "fileSize": 2**53 - 1,
+                "format": "JPEG",
+                "contentHash": "a" * 64,
+            },
+            "thumbnailKey": "t" * 512,
+            "detections": [{"label": "l", "score": 0.123456789, "box": [0.1] * 4}],
+            "labels": [{"label": "l", "score": 0.123456789}],
+            "model": "m",
+        }
+    data = _at_the_bounds(event_schema(event_type), data)
+    event = new_event(event_type, "/functions/store-results", data, subject=data["imageId"])
+    assert event_data(event) == data  # schema-valid
+    for structured in (False, True):
+        headers, body = encode(event, structured)
+        assert len(body) + sum(len(k) + len(v) for k, v in headers.items()) < MAX_EVENT_BYTES / 2

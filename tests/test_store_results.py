@@ -78,12 +78,14 @@ def labelled(upload: dict[str, Any], entry: dict[str, Any] | None = None) -> dic
 
 @pytest.fixture
 def upload(configured) -> dict[str, Any]:
-    """An uploaded photo with its image row, as the web service leaves it."""
+    """An uploaded photo with its image row, as the web service leaves it, and its thumbnail,
+    as make-thumbnail leaves it."""
     user_id, album_id = make_owner(configured)
     data = put_original(configured, IMAGES / PHOTO, user_id, album_id)
     with configured.session() as session:
         register_upload(session, data, configured.blobs())
         session.commit()
+    configured.blobs().put(thumbnail_key(data["blobKey"]), b"\xff\xd8\xff a thumbnail")
     return data
 
 
@@ -374,3 +376,38 @@ def json_deep(depth: int) -> Any:
     for _ in range(depth):
         value = [value]
     return value
+
+
+def test_a_labelled_event_whose_thumbnail_is_not_there_is_a_422_and_not_done(
+    client, configured, upload
+):
+    """A forged labelled event must not make a done photo whose thumbnail 404s."""
+    configured.blobs().delete(thumbnail_key(upload["blobKey"]))
+
+    response = store(client, labelled(upload))
+
+    assert response.status_code == 422
+    assert "no blob under key" in response.get_data(as_text=True)
+    assert dump(configured, upload["imageId"])["status"] == "uploaded"
+
+
+def test_a_photo_deleted_while_its_outcome_is_stored_is_a_422(
+    client, configured, upload, monkeypatch
+):
+    import imagerec.states
+
+    real_update = imagerec.states._conditional_update
+
+    def delete_first(session, image, *args):
+        with configured.session() as other:
+            other.delete(other.get(Image, image.id))
+            other.commit()
+        return real_update(session, image, *args)
+
+    # Between loading the row and moving its status: the album (or photo) deleted meanwhile.
+    monkeypatch.setattr(imagerec.states, "_conditional_update", delete_first)
+
+    response = store(client, labelled(upload))
+
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert "deleted meanwhile" in response.get_data(as_text=True)

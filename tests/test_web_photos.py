@@ -435,3 +435,11 @@ def test_a_plain_content_type_is_kept_to_show(ann):
         data={"file": (io.BytesIO(DOG.read_bytes()), "dog.jpg", "image/jpeg")},
     )
     assert response.json["images"][0]["contentType"] == "image/jpeg"
+
+
+def test_bidi_and_line_controls_are_dropped_from_an_uploaded_file_name(backend, ann):
+    """The user's name stays readable; what could make it show as another is not kept."""
+    album_id = ann.create_album()
+    image = ann.upload_one(album_id, (DOG.read_bytes(), "holiday\u202egpj.exe\u2028 2024.jpg"))
+    assert image["fileName"] == "holidaygpj.exe 2024.jpg"
+    assert _row(backend, image["id"]).file_name == "holidaygpj.exe 2024.jpg"

@@ -11,22 +11,31 @@ import hashlib
 import logging
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app, g
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from werkzeug.datastructures import FileStorage
-from werkzeug.exceptions import BadRequest, Conflict, RequestEntityTooLarge, ServiceUnavailable
+from werkzeug.exceptions import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+)
 
 from imagerec import states
 from imagerec.blobstore import (
     BlobNotFound,
     BlobStoreUnavailable,
+    album_prefix,
     has_working_copy,
     original_key,
+    photo_keys,
     thumbnail_key,
     working_key,
 )
@@ -38,7 +47,7 @@ from web.broker import sender
 from web.db import get_blobs, get_session
 from web.errors import Duplicate
 from web.present import STATUS_TEXT, file_size
-from web.queries import can_retry, printable
+from web.queries import printable, retry_patience
 
 log = logging.getLogger("imagerec.web")
 
@@ -72,11 +81,17 @@ def rename_album(album: Album, name: str) -> Album:
 
 
 def delete_album(album: Album) -> None:
-    keys = [k for image in album.images for k in _blob_keys(image)]
+    """The album, its photos (the database cascades) and then every blob under its prefix:
+    also those of photos that arrived while it was being deleted, whose rows the cascade took
+    without this request ever loading them."""
+    prefix = album_prefix(album.user_id, album.id)
     db = get_session()
     db.delete(album)
     db.commit()
-    _delete_blobs(keys)
+    try:
+        get_blobs().delete_under(prefix)
+    except BlobStoreUnavailable as e:  # the orphan sweep (imagerec reconcile) takes them later
+        log.warning("could not delete the blobs under %s: %s", prefix, e)
 
 
 def _commit_unique(row: Any, conflict: str) -> None:
@@ -135,10 +150,14 @@ def upload(album: Album, file: FileStorage) -> Image:
     # Any other failure (the database gone mid-commit) keeps the blob: the row may have been
     # committed all the same, and a stray blob costs only space.
     except IntegrityError:
-        # The same bytes raced in through another request: that one wins.
+        # The same bytes raced in through another request (that one wins), or the album was
+        # deleted meanwhile (its row is gone: the foreign key refused ours).
         db.rollback()
         get_blobs().delete(key)
-        existing = same_photo_in_album(get_session(), album.id, content_hash)
+        if db.scalar(select(Album.id).where(Album.id == image.album_id)) is None:
+            message = f"The album was deleted during the upload; {file_name} was not kept."
+            raise NotFound(message) from None
+        existing = same_photo_in_album(db, image.album_id, content_hash)
         if existing is None:
             raise
         raise Duplicate(file_name, existing) from None
@@ -169,21 +188,28 @@ def start_workflow(image: Image) -> bool:
 def retry(image: Image) -> Image:
     """Start the workflow again: steps are idempotent, so a second run changes nothing else.
 
-    The move back to `uploaded` is the core's (imagerec.states): conditional, so a photo the
-    pipeline finished meanwhile stays finished.
+    Only a failed photo, or one whose work is lost (imagerec.states), and at most once at a
+    time: the move back to `uploaded` is one conditional UPDATE that stamps the row, pinned to
+    the album and key the photo was loaded with, so the event names the row as committed.
     """
-    refused = Conflict(
-        f"{image.file_name} is {image.status}; only failed, waiting or stuck photos retry."
-    )
-    if image.status not in (Status.FAILED, Status.UPLOADED) and not can_retry(image):
-        raise refused
+    name = image.file_name
     db = get_session()
-    if not states.retry(db, image):
-        db.rollback()
-        raise refused
-    db.commit()
-    start_workflow(image)
-    return image
+    if states.retry(db, image, retry_patience().lost_before(datetime.now(UTC))):
+        db.commit()
+        start_workflow(image)
+        return image
+    db.rollback()
+    current = db.get(Image, image.id)
+    if current is None:
+        raise NotFound(f"{name} was deleted meanwhile.")
+    if current.status in (Status.UPLOADED, Status.PROCESSING):
+        raise Conflict(
+            f"{name} is {STATUS_TEXT[current.status].rstrip('…').lower()} already; "
+            "it can be retried if it stays so for a while."
+        )
+    if current.status == Status.FAILED:  # moved meanwhile
+        raise Conflict(f"{name} changed meanwhile; reload and try again.")
+    raise Conflict(f"{name} is {current.status}; only failed, waiting or stuck photos retry.")
 
 
 def delete_image(image: Image) -> None:
@@ -203,13 +229,7 @@ def _count_removal(album_id: int) -> None:
 
 
 def _blob_keys(image: Image) -> list[str]:
-    # Derived from the original's key, never the stored thumbnail_key: that column only says
-    # a thumbnail exists (and the pipeline may write one after this row was read). The
-    # working copy of a HEIC is derived too, and never recorded.
-    keys = {image.blob_key, thumbnail_key(image.blob_key)}
-    if has_working_copy(image.blob_key):
-        keys.add(working_key(image.blob_key))
-    return sorted(keys)
+    return photo_keys(image.blob_key)
 
 
 def _delete_blobs(keys: list[str]) -> None:
@@ -258,17 +278,27 @@ def move_image(image: Image, album: Album) -> Image:
         raise Conflict(f"{image.file_name}'s file is gone; delete it instead.") from None
     except BlobStoreUnavailable as e:
         raise ServiceUnavailable("The photo store is unreachable; try again shortly.") from e
+    name, content_hash = image.file_name, image.content_hash
+    new_keys = photo_keys(new_key)
     _count_removal(image.album_id)
-    image.album_id, image.blob_key, image.thumbnail_key = album.id, new_key, new_thumbnail
     try:
-        db.commit()
+        # Conditional: a retry that slipped in since the photo was loaded (or another move)
+        # wins, and this one changes nothing.
+        moved = states.move(
+            db, image, album_id=album.id, blob_key=new_key, thumbnail_key=new_thumbnail
+        )
+        if moved:
+            db.commit()
     except IntegrityError:  # the same bytes reached that album meanwhile
         db.rollback()
-        new_keys = [new_key, thumbnail_key(new_key)]
-        _delete_blobs(new_keys + ([working_key(new_key)] if has_working_copy(new_key) else []))
-        existing = same_photo_in_album(db, album.id, image.content_hash or "")
+        _delete_blobs(new_keys)
+        existing = same_photo_in_album(db, album.id, content_hash or "")
         if existing is None:
             raise
-        raise Duplicate(image.file_name, existing) from None
+        raise Duplicate(name, existing) from None
+    if not moved:
+        db.rollback()
+        _delete_blobs(new_keys)
+        raise Conflict(f"{name} changed meanwhile (it is being processed again); try later.")
     _delete_blobs(old_keys)
     return image

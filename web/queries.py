@@ -21,6 +21,7 @@ from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import BadRequest, NotFound
 
 from imagerec.models import TAKEN_KEY, Album, Detection, Image, Status
+from imagerec.states import Patience, is_retryable
 from web.db import aware, get_session
 
 MAX_ROW_ID = 2**31 - 1  # an INTEGER key; anything larger cannot name a row
@@ -199,17 +200,16 @@ def labels_in(album: Album | None) -> list[dict[str, Any]]:
     return [{"label": label, "count": n} for label, n in get_session().execute(query).all()]
 
 
+def retry_patience() -> Patience:
+    """A person's patience (imagerec.states' rule): an upload untouched for a while may be
+    started again by hand, a photo in processing only once Knative has surely given up."""
+    config = current_app.config
+    return Patience(config["RETRY_UPLOADED_AFTER_SECONDS"], config["STUCK_AFTER_SECONDS"])
+
+
 def can_retry(image: Image) -> bool:
     """Failed photos, and photos the pipeline has not moved on for a while (none spins forever)."""
-    if image.status == Status.FAILED:
-        return True
-    patience = {
-        Status.UPLOADED: current_app.config["RETRY_UPLOADED_AFTER_SECONDS"],
-        Status.PROCESSING: current_app.config["STUCK_AFTER_SECONDS"],
-    }.get(image.status)
-    if patience is None or image.updated_at is None:
-        return False
-    return (datetime.now(UTC) - aware(image.updated_at)).total_seconds() > patience
+    return is_retryable(image, retry_patience().lost_before(datetime.now(UTC)))
 
 
 def printable(text: str) -> str:
@@ -260,17 +260,17 @@ def changed_images(album: Album, since: datetime, now: datetime) -> list[Image] 
     """The album's photos written at `since` or later (and up to COMMIT_SLACK before, which a
     late commit may carry), plus in-flight photos that became retryable meanwhile; None when
     more than MAX_CHANGES changed (the caller should list the album again)."""
-    config = current_app.config
+    patience = retry_patience()
     written = Image.updated_at >= since - COMMIT_SLACK
     became_retryable = [
         and_(
             Image.status == status,
-            Image.updated_at >= since - COMMIT_SLACK - timedelta(seconds=patience),
-            Image.updated_at < now - timedelta(seconds=patience),
+            Image.updated_at >= since - COMMIT_SLACK - timedelta(seconds=seconds),
+            Image.updated_at < now - timedelta(seconds=seconds),
         )
-        for status, patience in (
-            (Status.UPLOADED, config["RETRY_UPLOADED_AFTER_SECONDS"]),
-            (Status.PROCESSING, config["STUCK_AFTER_SECONDS"]),
+        for status, seconds in (
+            (Status.UPLOADED, patience.uploaded),
+            (Status.PROCESSING, patience.processing),
         )
     ]
     images = list(

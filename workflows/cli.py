@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from datetime import timedelta
 
 from imagerec import logs
 from imagerec.config import load_settings
@@ -17,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=5000)
     commands.add_parser("migrate", help="bring the database schema up to date")
-    reconcile = commands.add_parser("reconcile", help="re-send work for stuck images, once")
+    reconcile = commands.add_parser(
+        "reconcile", help="re-send work for stuck images and delete orphaned blobs, once"
+    )
     reconcile.add_argument("--sink", help="where to send events (default: K_SINK)")
     commands.add_parser("upload", help="upload photos into an album", add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -42,14 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         print("database schema is up to date")
         return 0
     if args.command == "reconcile":
+        from imagerec.blobstore import open_blob_store
         from imagerec.db import session_factory
-        from workflows.reconciler import resend_stuck
+        from workflows.reconciler import resend_stuck, sweep_orphans
 
         sink = args.sink or settings.sink
         if not sink:
             parser.error("no sink: pass --sink or set K_SINK")
         with session_factory(settings.database_url)() as session:
-            sent = resend_stuck(session, sink, timedelta(seconds=settings.stuck_after_seconds))
-        print(f"re-sent {len(sent)} stuck image(s)")
+            sent = resend_stuck(session, sink, settings.patience)
+            blobs = open_blob_store(settings.blob_url)
+            swept = sweep_orphans(session, blobs, settings.untouched_after_seconds)
+        print(f"re-sent {len(sent)} stuck image(s); deleted {len(swept)} orphaned blob(s)")
         return 0
     return 2

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -191,6 +191,7 @@ class DevStack:
         self._log_handler: logging.Handler | None = None
         self.children: dict[str, Child] = {}
         self.runner: Runner | None = None
+        self.runner_started: datetime | None = None
         self.server = None
         self.reconciler: Reconciler | None = None
 
@@ -282,8 +283,10 @@ class DevStack:
         self.reconciler = Reconciler(
             session_factory(self.settings.database_url),
             self.server.broker_url,
-            timedelta(seconds=self.settings.stuck_after_seconds),
+            self.settings.patience,
             self.reconcile_interval,
+            # What the runner held in memory before it started is lost: re-sent at once.
+            carrier_since=lambda: self.runner_started,
         ).start()
         return self
 
@@ -291,6 +294,7 @@ class DevStack:
         manifests = load_manifests(self.manifests)
         services = {name: self.children[name].url for name in manifests.steps}
         self.runner = Runner(manifests, services, trusted_sources=own_sources(manifests))
+        self.runner_started = datetime.now(UTC)
         self.server = self.runner.serve("127.0.0.1", self.runner_port)
 
     def restart_runner(self) -> None:

@@ -792,3 +792,20 @@ def _flow(manifests: Manifests, kind: str, key: Key) -> tuple[float, Destination
 def stuck_threshold(manifests: Manifests) -> float:
     """Seconds after which no event of the pipeline can still be in Knative's retries."""
     return retry_budget(manifests) + STUCK_MARGIN
+
+
+def untouched_threshold(manifests: Manifests, event_type: str) -> float:
+    """Seconds after which no Trigger can still be delivering an event of `event_type` to its
+    first subscriber: that hop's call and dead-letter legs (every attempt timing out, every
+    backoff), plus STUCK_MARGIN. A subscriber that marks its work on first touch (as
+    extract-metadata moves an uploaded photo to processing) leaves nothing untouched past this
+    unless the event was lost."""
+    longest = 0.0
+    for trigger in manifests.triggers.values():
+        if not trigger.matches({"type": event_type}):
+            continue
+        broker = manifests.brokers[(trigger.namespace, trigger.broker)]
+        delivery = trigger.delivery or broker.delivery or BROKER_DEFAULT_DELIVERY
+        dead_letters = _dead_letter_sink(trigger.delivery, broker.delivery) is not None
+        longest = max(longest, hop_budget(delivery, replies=False, dead_letters=dead_letters))
+    return longest + STUCK_MARGIN

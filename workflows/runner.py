@@ -627,10 +627,27 @@ class Runner:
 
 
 _MAX_LINE = 4096  # a chunk-size line (with extensions) or a trailer; Go allows 4096 too
+# Events carry metadata, never images: the largest one the schemas allow (imagerec/schemas,
+# every string at its longest and escaped, 100 detections and labels) is about a third of this
+# (tests/test_runner_ingress.py builds it). 1 MiB is also what a Kafka-backed broker takes by
+# default (message.max.bytes); Knative's MT broker ingress sets no limit (docs/local-runner.md).
+MAX_EVENT_BYTES = 1024 * 1024
+_LINGER_BYTES = 256 * 1024  # as much as Go reads of an unread body (maxPostHandlerReadBytes)
 
 
 class _BadFraming(ValueError):
     """The request's body cannot be delimited: a bad Content-Length or chunk size."""
+
+
+class _TooLarge(ValueError):
+    """The request's body is over MAX_EVENT_BYTES: refused before (or instead of) reading it."""
+
+
+def _too_large() -> str:
+    return (
+        f"an event is at most {MAX_EVENT_BYTES} bytes (events carry metadata; the image "
+        "goes into the blob store)"
+    )
 
 
 def _chunk_size(line: bytes) -> int:
@@ -693,11 +710,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         try:
             body = self._read_body()
-        except _BadFraming as e:
-            # Where the next request starts is unknown: answer, then close (as Go's server does).
+        except (_BadFraming, _TooLarge) as e:
+            # Where the next request starts is unknown (or the rest is left unread): answer,
+            # then close (as Go's server does).
             log.warning("ingress: refused %s: %s", self.path, e)
             self.close_connection = True
-            self._send(400, {"Connection": "close"}, f"{e}\n")
+            status = 413 if isinstance(e, _TooLarge) else 400
+            self._send(status, {"Connection": "close"}, f"{e}\n")
+            self._linger()
             return
         status, headers, message = self.runner.receive(
             self.command, self.path, dict(self.headers), body, self._caller_gone
@@ -706,6 +726,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self._send(status, headers, message)
+
+    def _linger(self) -> None:
+        """Let the answer reach a client still sending: closing with its bytes unread would
+        reset the connection, and the reset can discard the answer before it is read. So end
+        our side, then read and drop a bounded amount for a moment (Go's server shuts its side and
+        waits, net/http server.go closeWriteAndWait)."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(1.0)
+            dropped = 0
+            while dropped < _LINGER_BYTES and (chunk := self.connection.recv(65536)):
+                dropped += len(chunk)
+        except OSError:
+            pass
 
     def _caller_gone(self) -> bool:
         """Whether the client closed its end (what cancels a Go handler's request context)."""
@@ -735,8 +770,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
+            chunks, total = [], 0
             while (size := _chunk_size(self.rfile.readline(_MAX_LINE))) > 0:
+                total += size
+                if total > MAX_EVENT_BYTES:
+                    raise _TooLarge(_too_large())
                 chunk = self.rfile.read(size)
                 if len(chunk) < size:
                     raise _BadFraming("the body ended inside a chunk")
@@ -752,6 +790,8 @@ class _Handler(BaseHTTPRequestHandler):
         if len(set(lengths)) > 1 or not lengths[0].strip().isdigit():
             raise _BadFraming(f"Content-Length must be one non-negative integer, got {lengths}")
         length = int(lengths[0])
+        if length > MAX_EVENT_BYTES:
+            raise _TooLarge(_too_large())
         body = self.rfile.read(length)
         if len(body) < length:
             raise _BadFraming(f"the body ended after {len(body)} of {length} bytes")
