@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagerec.memory import photo_memory
+
 DEFAULT_DETECTOR_MODEL = "https://tfhub.dev/google/openimages_v4/ssd/mobilenet_v2/1"
 # How long a photo may sit in uploaded/processing while Knative may still be retrying its work:
 # the retry budget of knative/'s longest path, every attempt of every hop timing out, plus a
@@ -30,6 +32,9 @@ class Settings:
     thumbnail_size: int
     max_image_pixels: int
     max_upload_bytes: int
+    # Bytes one photo may use while a step decodes it (imagerec.memory); what a photo's pixels
+    # need is imagerec.pixels' to judge.
+    photo_memory: int
     stuck_after_seconds: float
 
     @property
@@ -60,6 +65,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         thumbnail_size=int(env.get("IMAGEREC_THUMBNAIL_SIZE", "256")),
         max_image_pixels=int(env.get("IMAGEREC_MAX_IMAGE_PIXELS", str(50_000_000))),
         max_upload_bytes=int(env.get("IMAGEREC_MAX_UPLOAD_BYTES", str(30 * 1024 * 1024))),
+        photo_memory=int(env.get("IMAGEREC_PHOTO_MEMORY") or photo_memory(env)),
         stuck_after_seconds=stuck_after_seconds(env),
     )
 
