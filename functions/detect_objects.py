@@ -10,7 +10,6 @@ and it does so lazily, so every other step starts without it.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import sys
@@ -21,14 +20,14 @@ from typing import Any
 import functions_framework
 import numpy as np
 from cloudevents.http import CloudEvent
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from imagerec.blobstore import BlobNotFound, has_working_copy, working_key
 from imagerec.cpus import tensorflow_threads, usable_cpus
 from imagerec.events import LABELLED, THUMBNAILED, BadEvent, event_data, new_event
-from imagerec.formats import register_heif_opener
+from imagerec.formats import register_heif_opener, sniff_format
 from imagerec.images import stored_image
-from imagerec.pixels import displayable
+from imagerec.pixels import Undecodable, displayable, load_photo, open_photo
 from imagerec.steps import (
     Refused,
     Unavailable,
@@ -185,15 +184,16 @@ def _decode(original: bytes) -> Image.Image:
     """The original as the viewer sees it: upright, RGB, shrunk towards MAX_SIDE pixels a
     side where that is nearly free (see MAX_SIDE). Every step here is skipped when it has
     nothing to do: each would copy the whole image."""
+    kind = sniff_format(original[:32])
+    if kind is None:
+        raise Refused("the original is not in a supported format")
     try:
-        image = Image.open(io.BytesIO(original))
-        if image.width * image.height > settings().max_image_pixels:
-            raise Refused(f"the original has {image.width}x{image.height} pixels, too many")
+        image = open_photo(original, kind, settings())
         # JPEG only: libjpeg decodes at 1/2, 1/4 or 1/8 scale, no smaller than asked.
         image.draft("RGB", _shrunk(image.size, MAX_SIDE))
-        image.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise Refused(f"the original cannot be decoded: {e}") from e
+        load_photo(image)
+    except Undecodable as e:
+        raise Refused(str(e)) from e
     factor = max(image.size) // MAX_SIDE
     if factor > 1:  # what draft() could not shrink (PNG, WebP, HEIC): a cheap box filter
         image = displayable(image).reduce(factor)  # 16-bit greyscale first: reduce clips it

@@ -11,7 +11,6 @@ an unreachable store (503) is answered otherwise (imagerec.steps).
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import re
@@ -20,24 +19,24 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import exifread
 import functions_framework
 from cloudevents.http import CloudEvent
 from PIL import Image
 
 from imagerec import models
 from imagerec.events import ACCEPTED, REJECTED, UPLOADED, BadEvent, event_data, new_event
-from imagerec.formats import FORMATS, register_heif_opener, sniff_format
+from imagerec.exif import ExifTooLarge, check_exif, exif_block, exifread_tags
+from imagerec.formats import register_heif_opener, sniff_format
 from imagerec.images import duplicate_reason, register_upload, same_photo_in_album
+from imagerec.pixels import Undecodable, load_photo, open_photo
 from imagerec.states import FINAL, advance
 from imagerec.steps import blob_store, cloudevent_step, db_session, settings
 
 SOURCE = "/functions/extract-metadata"
 log = logging.getLogger("imagerec.extract_metadata")
 
-register_heif_opener()
-# Both EXIF readers complain about every odd tag; in uploads that is normal, and handled below.
-logging.getLogger("exifread").setLevel(logging.ERROR)
+register_heif_opener()  # at start-up, not on the first photo
+# Pillow's EXIF reader complains about every odd tag; in uploads that is normal, handled below.
 warnings.filterwarnings("ignore", category=UserWarning, module="PIL.TiffImagePlugin")
 
 _UPLOAD_INSTEAD = "please upload a JPEG, PNG, WebP or HEIC photo instead"
@@ -88,8 +87,15 @@ def extract_metadata(event: CloudEvent) -> CloudEvent:
 def _metadata(original: bytes) -> dict[str, Any]:
     kind, image, (width, height) = _decode(original)
     with image:
+        # Read once decoded: a PNG may keep its eXIf chunk after the pixels.
+        block = exif_block(image.info)
+        if block is not None:
+            try:
+                check_exif(block)
+            except ExifTooLarge as e:
+                raise _Unacceptable(str(e)) from None
         # Libraries disagree on broken EXIF: per field, the first that reads it sensibly wins.
-        sources = (_pillow_tags(image), _exifread_tags(original))
+        sources = (_pillow_tags(image), _exifread_tags(block))
         size = {"width": width, "height": height}
     return {
         "creationTime": _first(_creation_time, sources, "datetime", "offset"),
@@ -118,60 +124,16 @@ def _decode(original: bytes) -> tuple[str, Image.Image, tuple[int, int]]:
     kind = sniff_format(original[:32])
     if kind is None:
         raise _Unacceptable(_unsupported(original))
-    name = FORMATS[kind].label
-    if kind == "HEIF" and not _boxes_complete(original):
-        raise _Unacceptable(f"The {name} image is truncated or damaged and cannot be decoded.")
     try:
-        image = Image.open(io.BytesIO(original), formats=[kind])
-    except Image.DecompressionBombError:
-        raise _Unacceptable(_too_large(name, None)) from None
-    except Exception:  # a damaged header fails in many ways (SyntaxError, struct.error, ...)
-        raise _Unacceptable(
-            f"The file starts like a {name} image but the rest of it is not valid {name} data."
-        ) from None
-    # The header's size is checked before a single pixel is decoded.
-    if image.width * image.height > settings().max_image_pixels:
-        raise _Unacceptable(_too_large(name, image.size))
-    size = image.size
-    if kind == "JPEG":
-        image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
-    try:
-        image.load()
-    except Image.DecompressionBombError:
-        raise _Unacceptable(_too_large(name, image.size)) from None
-    except Exception:
-        raise _Unacceptable(
-            f"The {name} image is truncated or damaged and cannot be decoded."
-        ) from None
+        # The header's size is checked before a single pixel is decoded.
+        image = open_photo(original, kind, settings())
+        size = image.size
+        if kind == "JPEG":
+            image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
+        load_photo(image)
+    except Undecodable as e:
+        raise _Unacceptable(str(e)) from None
     return kind, image, size
-
-
-def _boxes_complete(data: bytes) -> bool:
-    """Whether every top-level ISO BMFF box (HEIF's structure) ends within the file.
-
-    libheif decodes a cut-off HEIC without complaint, inventing the missing tiles.
-    """
-    offset = 0
-    while offset < len(data):
-        if len(data) - offset < 8:
-            return False
-        size, header = int.from_bytes(data[offset : offset + 4], "big"), 8
-        if size == 0:  # the last box may run to the end of the file
-            return True
-        if size == 1:  # a 64-bit size follows the type
-            if len(data) - offset < 16:
-                return False
-            size, header = int.from_bytes(data[offset + 8 : offset + 16], "big"), 16
-        if size < header or offset + size > len(data):
-            return False
-        offset += size
-    return True
-
-
-def _too_large(name: str, size: tuple[int, int] | None) -> str:
-    limit = f"the limit is {settings().max_image_pixels / 1e6:g} megapixels"
-    pixels = f"{size[0]}×{size[1]}; {limit}" if size else limit
-    return f"The {name} image has too many pixels to process safely ({pixels})."
 
 
 def _unsupported(original: bytes) -> str:
@@ -233,12 +195,8 @@ _EXIFREAD_NAMES = {
 }
 
 
-def _exifread_tags(original: bytes) -> dict[str, Any]:
-    try:
-        tags = exifread.process_file(io.BytesIO(original), details=False)
-    except Exception:
-        log.debug("exifread could not read the EXIF", exc_info=True)
-        return {}
+def _exifread_tags(block: bytes | None) -> dict[str, Any]:
+    tags = exifread_tags(block) if block else {}
     return {name: tags[key].values for name, key in _EXIFREAD_NAMES.items() if key in tags}
 
 

@@ -19,9 +19,9 @@ from PIL import Image, ImageOps
 
 from imagerec.blobstore import WORKING_COPY_SIDE, has_working_copy, thumbnail_key, working_key
 from imagerec.events import ACCEPTED, THUMBNAILED, BadEvent, event_data, new_event
-from imagerec.formats import register_heif_opener
+from imagerec.formats import register_heif_opener, sniff_format
 from imagerec.images import stored_image
-from imagerec.pixels import displayable
+from imagerec.pixels import Undecodable, displayable, load_photo, open_photo, with_small_profile
 from imagerec.steps import Refused, blob_store, cloudevent_step, db_session, settings
 
 SOURCE = "/functions/make-thumbnail"
@@ -59,22 +59,20 @@ def _thumbnail(original: bytes, size: int) -> bytes:
 def _renditions(original: bytes, size: int, working_copy: bool) -> tuple[bytes, bytes | None]:
     """The thumbnail, and with `working_copy` an upright JPEG of at most WORKING_COPY_SIDE
     pixels a side (more than half that on a larger photo), both from one decode."""
+    # Only an event that skipped extract-metadata gets a refusal here; retrying cannot help.
+    kind = sniff_format(original[:32])
+    if kind is None:
+        raise Refused("the original is not in a supported format")
     try:
-        image = Image.open(io.BytesIO(original))
-    except Exception as e:
-        # Only an event that skipped extract-metadata gets here; retrying cannot help.
-        raise Refused(f"the original is not an image Pillow can open: {type(e).__name__}") from e
-    with image:
-        if image.width * image.height > settings().max_image_pixels:
-            raise Refused(f"the original has too many pixels ({image.width}×{image.height})")
-        if image.format in ("JPEG", "MPO"):
+        image = open_photo(original, kind, settings())
+        if kind == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (still >= size): a 12 MP photo
             # then costs a fraction of the memory and time.
             image.draft("RGB", (size, size))
-        try:
-            image.load()
-        except Exception as e:
-            raise Refused(f"the original cannot be decoded: {type(e).__name__}") from e
+        load_photo(image)
+    except Undecodable as e:
+        raise Refused(str(e)) from e
+    with image:
         # pillow-heif has already applied a HEIF rotation and reset the EXIF tag to 1, so
         # nothing turns twice.
         ImageOps.exif_transpose(image, in_place=True)
@@ -88,8 +86,10 @@ def _renditions(original: bytes, size: int, working_copy: bool) -> tuple[bytes, 
             # 200 ms of CPU, most of a HEIC decode's cost again.
             factor = -(-max(upright.size) // WORKING_COPY_SIDE)
             upright = upright.reduce(factor) if factor > 1 else upright
+            upright, icc_profile = with_small_profile(upright, icc_profile)
             copy = _jpeg(upright, quality=88, icc_profile=icc_profile)
         upright.thumbnail((size, size), Image.Resampling.LANCZOS)
+        upright, icc_profile = with_small_profile(upright, icc_profile)
     return _jpeg(upright, quality=85, icc_profile=icc_profile), copy
 
 

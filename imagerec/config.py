@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imagerec.states import Patience
+from imagerec.memory import photo_memory
 
 DEFAULT_DETECTOR_MODEL = "https://tfhub.dev/google/openimages_v4/ssd/mobilenet_v2/1"
 # How long a photo may sit in uploaded/processing while Knative may still be retrying its work:
@@ -37,6 +38,9 @@ class Settings:
     thumbnail_size: int
     max_image_pixels: int
     max_upload_bytes: int
+    # Bytes one photo may use while a step decodes it (imagerec.memory); what a photo's pixels
+    # need is imagerec.pixels' to judge.
+    photo_memory: int
     stuck_after_seconds: float
     untouched_after_seconds: float
 
@@ -77,6 +81,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         thumbnail_size=int(env.get("IMAGEREC_THUMBNAIL_SIZE", "256")),
         max_image_pixels=int(env.get("IMAGEREC_MAX_IMAGE_PIXELS", str(50_000_000))),
         max_upload_bytes=int(env.get("IMAGEREC_MAX_UPLOAD_BYTES", str(30 * 1024 * 1024))),
+        photo_memory=int(env.get("IMAGEREC_PHOTO_MEMORY") or photo_memory(env)),
         stuck_after_seconds=stuck_after_seconds(env),
         untouched_after_seconds=float(
             env.get("IMAGEREC_UNTOUCHED_AFTER_SECONDS") or DEFAULT_UNTOUCHED_AFTER_SECONDS

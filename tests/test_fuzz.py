@@ -12,10 +12,14 @@ from __future__ import annotations
 import copy
 import json
 import string
+import struct
+import time
+import uuid
 from typing import Any
 
 import pytest
 import requests
+from bombs import jpeg_with_exif, png_with_exif
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pipeline import event_for, make_owner, put_original, step_app
@@ -355,3 +359,65 @@ def test_the_runner_ingress_refuses_bodies_over_its_limit_with_413(ingress, data
     response = requests.post(ingress, data=sent, headers=headers, timeout=30)
 
     assert response.status_code == (413 if len(body) > MAX_EVENT_BYTES else 202), response.text
+
+
+# --- extract-metadata's parse budgets (imagerec/exif.py, docs/budgets.md) -------------------
+
+# Generous: a bomb cost minutes before the budgets; within them a photo takes milliseconds.
+NOT_SLOW = 10.0
+_TAGS = st.sampled_from([0x010F, 0x0110, 0x0112, 0x8769, 0x8825, 0xA005, 0x927C, 0x9003])
+_ENTRY = st.tuples(
+    _TAGS | st.integers(0, 0xFFFF),
+    st.integers(0, 15),  # TIFF types 1-13, and ones no reader knows
+    st.sampled_from([0, 1, 2, 4, 999, 1000, 2**16, 2**32 - 1]) | st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+)
+
+
+@st.composite
+def exif_blocks(draw) -> bytes:
+    """A TIFF block of IFDs whose counts, types, value counts and offsets are anything: a few
+    entries drawn one by one, one of them repeated up to 65,535 times (where bombs live)."""
+    order = draw(st.sampled_from(["<", ">"]))
+    entries = draw(st.lists(_ENTRY, max_size=6))
+    repeated = draw(st.tuples(_ENTRY, st.integers(0, 6_000)))
+    declared = draw(st.none() | st.integers(0, 0xFFFF))
+    body = b"".join(struct.pack(order + "HHII", *e) for e in entries)
+    body += struct.pack(order + "HHII", *repeated[0]) * repeated[1]
+    count = len(entries) + repeated[1] if declared is None else declared
+    header = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(order + "I", 8)
+    following = draw(st.sampled_from([0, 8]) | st.integers(0, 2**32 - 1))
+    return (
+        header
+        + struct.pack(order + "H", count & 0xFFFF)
+        + body
+        + struct.pack(order + "I", following)
+    )
+
+
+@pytest.fixture
+def exif_owner(configured):
+    return configured, make_owner(configured)
+
+
+@on_real_backend
+@settings(FUZZ, max_examples=100)
+@given(block=exif_blocks(), container=st.sampled_from(["jpeg", "png"]))
+def test_extract_metadata_answers_any_exif_quickly_and_never_5xx(
+    steps, exif_owner, tmp_path, block, container
+):
+    backend, owner = exif_owner
+    if container == "jpeg" and len(block) > 65_000:
+        block = block[:65_000]  # what an APP1 segment can hold
+    content = jpeg_with_exif(block) if container == "jpeg" else png_with_exif(block)
+    path = tmp_path / f"{uuid.uuid4().hex}.{container}"
+    path.write_bytes(content)
+    data = put_original(backend, path, *owner)
+    headers, body = encode(event_for(data, UPLOADED))
+
+    started = time.monotonic()
+    response = steps["extract_metadata"].post("/", data=body, headers=headers)
+
+    assert time.monotonic() - started < NOT_SLOW
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.headers["ce-type"] in (ACCEPTED, REJECTED)
