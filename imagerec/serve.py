@@ -219,4 +219,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as the imported module, not as __main__: the application's admit_request answers
+    # with imagerec.serve's Refusal and BodyLimit, which must be the classes checked here.
+    import imagerec.serve
+
+    imagerec.serve.main()

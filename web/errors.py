@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 
 import sqlalchemy.exc
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 
 from imagerec.models import Image
-from web.present import file_size
+from web.bodies import Limit, too_large
 
 log = logging.getLogger("imagerec.web")
 
@@ -32,8 +32,8 @@ def handle_http_error(error: HTTPException):
     if isinstance(error, RequestEntityTooLarge) and error.description == (
         RequestEntityTooLarge.description
     ):
-        limit = file_size(request.max_content_length or 0)
-        error.description = f"The request is larger than the limit of {limit}."
+        limit = g.get("body_limit") or Limit(request.max_content_length or 0, "requests")
+        error.description = too_large(limit)
     if request.path.startswith("/api/"):
         response = jsonify(error=error.description)
         response.status_code = error.code or 500
