@@ -435,3 +435,45 @@ def test_a_plain_content_type_is_kept_to_show(ann):
         data={"file": (io.BytesIO(DOG.read_bytes()), "dog.jpg", "image/jpeg")},
     )
     assert response.json["images"][0]["contentType"] == "image/jpeg"
+
+
+def _fill_the_store(backend, monkeypatch) -> None:
+    """Make the store refuse writes for want of space, as each backend does: a folder on a
+    full disk (ENOSPC), Redis at maxmemory with noeviction (its OOM error; test_core.py sees
+    the real one, which would fill the Redis other tests share)."""
+    if backend.blob_url.startswith("redis://"):
+        import redis
+
+        def refuse(*args, **kwargs):
+            raise redis.exceptions.OutOfMemoryError(
+                "command not allowed when used memory > 'maxmemory'."
+            )
+
+        monkeypatch.setattr(redis.Redis, "set", refuse)
+    else:
+        import errno
+        import os
+
+        def refuse(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr("imagerec.blobstore.os.fsync", refuse)
+
+
+def test_a_full_photo_store_is_507_not_unreachable_and_stores_nothing(backend, monkeypatch):
+    app = make_app(backend)
+    ann = sign_up(app, "ann")
+    album_id = ann.create_album()
+    _fill_the_store(backend, monkeypatch)
+
+    files = [(io.BytesIO(DOG.read_bytes()), "dog.jpg")]
+    response = ann.api(
+        "POST", f"/api/albums/{album_id}/images", data={"file": files},
+        content_type="multipart/form-data",
+    )  # fmt: skip
+
+    assert response.status_code == 507, response.json
+    assert response.json["error"] == (
+        "The photo store is full, so nothing was stored; try again once space is freed."
+    )
+    assert count(backend, Image) == 0

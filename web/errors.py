@@ -10,6 +10,7 @@ import sqlalchemy.exc
 from flask import Flask, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 
+from imagerec.blobstore import BlobStoreFull, BlobStoreUnavailable
 from imagerec.models import Image
 from web.bodies import Limit, too_large
 
@@ -26,6 +27,20 @@ class Duplicate(Exception):
     @property
     def message(self) -> str:
         return f"{self.file_name} is already in this album as {self.existing.file_name}."
+
+
+class InsufficientStorage(HTTPException):
+    code = 507
+    description = "The photo store is full."
+
+
+def photo_store_error(error: BlobStoreUnavailable) -> HTTPException:
+    """What the user is told when the blob store refuses: full (507), or unreachable (503)."""
+    if isinstance(error, BlobStoreFull):
+        return InsufficientStorage(
+            "The photo store is full, so nothing was stored; try again once space is freed."
+        )
+    return ServiceUnavailable("The photo store is unreachable; try again shortly.")
 
 
 def handle_http_error(error: HTTPException):

@@ -21,7 +21,7 @@ from flask import (
     request,
     url_for,
 )
-from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
+from werkzeug.exceptions import Conflict, NotFound
 
 from imagerec.blobstore import (
     WORKING_COPY_SIDE,
@@ -35,6 +35,7 @@ from imagerec.formats import FORMATS, register_heif_opener, sniff_format
 from web import actions, queries
 from web.auth import login_required
 from web.db import get_blobs
+from web.errors import photo_store_error
 from web.present import image_json
 
 bp = Blueprint("photos", __name__, url_prefix="/photos")
@@ -133,7 +134,7 @@ def _read(key: str) -> bytes:
     except BlobNotFound:
         raise NotFound("This photo's file is gone.") from None
     except BlobStoreUnavailable as e:
-        raise ServiceUnavailable("The photo store is unreachable; try again shortly.") from e
+        raise photo_store_error(e) from e
 
 
 def _blob_response(data: bytes, kind: str | None, file_name: str) -> Response:
