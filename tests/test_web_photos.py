@@ -477,3 +477,19 @@ def test_a_full_photo_store_is_507_not_unreachable_and_stores_nothing(backend, m
         "The photo store is full, so nothing was stored; try again once space is freed."
     )
     assert count(backend, Image) == 0
+
+
+def test_a_rejected_file_is_only_ever_downloaded_never_rendered(backend, ann):
+    # What the pipeline rejected may still start like a PNG (a truncated one, a polyglot).
+    album_id = ann.create_album()
+    png = (IMAGES / "bad" / "png_header_garbage.png").read_bytes()
+    image = ann.upload_one(album_id, (png, "looks-fine.png"))
+    set_done(backend, image["id"], status=Status.REJECTED, reason="The file is truncated.")
+
+    for route in ("display", "original"):
+        response = ann.get(f"/photos/{image['id']}/{route}")
+        assert response.status_code == 200, route
+        assert response.data == png
+        assert response.headers["Content-Disposition"].startswith("attachment;"), route
+        assert response.mimetype == "application/octet-stream", route
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
