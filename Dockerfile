@@ -1,5 +1,5 @@
 # One image recipe for every part of imagerec. The Knative manifests (knative/) choose what a
-# container runs: gunicorn for the web, functions-framework for a workflow step.
+# container runs: imagerec/serve.py serving the web or a workflow step.
 #   web and steps:  docker build --target app .
 #   detect-objects: docker build --target detector --build-arg EXTRAS=detector .
 # Only the detector needs TensorFlow (EXTRAS=detector), and only it carries the SavedModel
@@ -41,7 +41,7 @@ RUN pip install --no-cache-dir --no-deps . \
 # Numeric, so that Kubernetes can verify runAsNonRoot.
 USER 10001
 EXPOSE 8080
-CMD ["gunicorn", "--bind", "0.0.0.0:8080", "web:create_app()"]
+CMD ["imagerec-serve", "--app", "web:create_app()", "--port", "8080"]
 
 # The detector's SavedModel, fetched and checked by knative/build/fetch_model.py (it loads the
 # copy the way functions/detect_objects.py does). Needs EXTRAS=detector for tensorflow_hub.

@@ -6,6 +6,7 @@ Both backends keep a blob as plain bytes under its key, so an outside emitter ca
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -29,6 +30,12 @@ class InvalidBlobKey(ValueError):
 
 class BlobStoreUnavailable(RuntimeError):
     """The store could not be reached; worth retrying."""
+
+
+class BlobStoreFull(BlobStoreUnavailable):
+    """The store refuses writes for want of space (Redis at maxmemory with noeviction, a full
+    disk). Still worth retrying, as design.md's failure policy has a step do for what may pass
+    (an operator frees space); the web tells its user the store is full, not unreachable."""
 
 
 class BlobStore(Protocol):
@@ -110,8 +117,10 @@ class FolderBlobStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise BlobStoreFull(f"blob store full: {e}") from e
             raise
 
     def get(self, key: str) -> bytes:
@@ -229,7 +238,7 @@ class _unavailable_on_connection_error:
             raise BlobStoreUnavailable(f"blob store unreachable: {exc}") from exc
         # Full (maxmemory with noeviction): a write may succeed once space is made; retry.
         if isinstance(exc, redis.exceptions.OutOfMemoryError):
-            raise BlobStoreUnavailable(f"blob store full: {exc}") from exc
+            raise BlobStoreFull(f"blob store full: {exc}") from exc
         return False
 
 

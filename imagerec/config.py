@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagerec.states import Patience
 from imagerec.memory import photo_memory
+from imagerec.states import Patience
 
 DEFAULT_DETECTOR_MODEL = "https://tfhub.dev/google/openimages_v4/ssd/mobilenet_v2/1"
 # How long a photo may sit in uploaded/processing while Knative may still be retrying its work:

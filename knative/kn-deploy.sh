@@ -37,7 +37,7 @@ DB=IMAGEREC_DATABASE_URL=secret:imagerec-app:database-url
 BLOB=IMAGEREC_BLOB_URL=secret:imagerec-app:blob-url
 
 # step NAME IMAGE EMITS MAX_SCALE THREADS TIMEOUT REQUEST LIMIT [more kn flags]
-# One workflow step: functions-framework serving functions/<module>.py, cluster-local. THREADS
+# One workflow step: imagerec/serve.py serving functions/<module>.py, cluster-local. THREADS
 # is sized to the CPU limit and bounds the concurrency (base/steps.yaml says why).
 step() {
   name=$1 image=$2 emits=$3 max=$4 threads=$5 timeout=$6 request=$7 limit=$8
@@ -49,7 +49,7 @@ step() {
     --label-revision app.kubernetes.io/component=step \
     --label-revision imagerec.dev/uses-postgres=true --label-revision imagerec.dev/uses-redis=true \
     --annotation-service "imagerec.dev/emits=$emits" \
-    --cmd functions-framework --arg=--source --arg="functions/$module.py" \
+    --cmd imagerec-serve --arg=--source --arg="functions/$module.py" \
     --arg=--target --arg="$module" --arg=--port --arg=8080 --port http1:8080 \
     --scale-min 0 --scale-max "$max" --concurrency-limit "$threads" --timeout "$timeout" \
     --request "$request" --limit "$limit" \
@@ -84,8 +84,8 @@ kn service create web -n "$ns" --force --image "$REG/imagerec-web:$TAG" \
   --label-service app.kubernetes.io/part-of=imagerec \
   --label-revision imagerec.dev/uses-postgres=true --label-revision imagerec.dev/uses-redis=true \
   --annotation-service imagerec.dev/emits=dev.imagerec.image.uploaded \
-  --cmd gunicorn --arg=--bind=0.0.0.0:8080 --arg=--workers=2 --arg=--threads=8 \
-  --arg=--timeout=120 --arg=--logger-class=imagerec.logs.GunicornLogger --arg='web:create_app()' --port http1:8080 \
+  --cmd imagerec-serve --arg=--app --arg='web:create_app()' \
+  --arg=--threads --arg=16 --arg=--port --arg=8080 --port http1:8080 \
   --scale-min 0 --scale-max 5 --concurrency-limit 16 --timeout 120 \
   --request cpu=250m,memory=256Mi --limit cpu=1,memory=1Gi \
   --env-value-from "$DB" --env-value-from "$BLOB" \

@@ -125,13 +125,13 @@ def reply_data(response: TestResponse) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def running_step(module: str, env: dict[str, str], timeout: float = 60.0) -> Iterator[str]:
-    """Serve functions/<module>.py with the real `functions-framework` command on a free port,
-    as its container does; yields the URL once the step answers its readiness probe."""
+    """Serve functions/<module>.py with the command its container runs (imagerec/serve.py) on
+    a free port; yields the URL once the step answers its readiness probe."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [
-        str(Path(sys.executable).parent / "functions-framework"),
+        *(sys.executable, "-m", "imagerec.serve"),
         *("--source", f"functions/{module}.py", "--target", module),
         *("--host", "127.0.0.1", "--port", str(port)),
     ]

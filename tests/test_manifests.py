@@ -812,12 +812,12 @@ def test_steps_are_cluster_local_and_the_web_is_public(built: list[dict[str, Any
         assert visibility not in service["spec"]["template"].get("metadata", {}).get("labels", {})
 
 
-def test_steps_run_their_function_under_functions_framework(built: list[dict[str, Any]]) -> None:
+def test_steps_run_their_function_under_the_imagerec_server(built: list[dict[str, Any]]) -> None:
     services = knative_services(built)
     for name, step in STEPS.items():
         module = step.function
         c = container(services[name])
-        assert c["command"] == ["functions-framework"], name
+        assert c["command"] == ["imagerec-serve"], name
         args = c["args"]
         options = dict(zip(args[::2], args[1::2], strict=True))
         assert options == {
@@ -831,11 +831,17 @@ def test_steps_run_their_function_under_functions_framework(built: list[dict[str
         )
 
 
-def test_web_runs_the_flask_factory_under_gunicorn(built: list[dict[str, Any]]) -> None:
+def test_web_runs_the_flask_factory_under_the_imagerec_server(
+    built: list[dict[str, Any]],
+) -> None:
     c = container(knative_services(built)["web"])
-    assert c["command"] == ["gunicorn"]
-    assert c["args"][-1] == "web:create_app()"
-    assert "--bind=0.0.0.0:8080" in c["args"]
+    assert c["command"] == ["imagerec-serve"]
+    options = dict(zip(c["args"][::2], c["args"][1::2], strict=True))
+    assert options["--app"] == "web:create_app()"
+    assert options["--port"] == "8080"
+    # One process: its threads are all the requests Knative may send it at once.
+    web = knative_services(built)["web"]
+    assert options["--threads"] == str(web["spec"]["template"]["spec"]["containerConcurrency"])
     assert "def create_app(" in (ROOT / "web" / "__init__.py").read_text()
 
 

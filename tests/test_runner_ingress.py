@@ -20,6 +20,7 @@ from tests.runner_support import (
     running,
     trigger,
 )
+from workflows.runner import MAX_EVENT_BYTES
 
 EVERYTHING = [broker(), trigger("all", ref("sink"))]
 

@@ -181,3 +181,23 @@ def test_a_deep_page_is_an_index_range_scan(backend, ann, sort):
             plan = connection.exec_driver_sql(f"EXPLAIN {compiled}").scalars().all()
             text = "\n".join(plan)
             assert index in text and "Sort" not in text, text
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["limit=²", "limit=٣", "limit=" + "9" * 5000, "limit=+5", "limit= 5",
+     "cursor=" + "[" * 1500, "cursor=" + "W" * 5000],
+)  # fmt: skip
+def test_odd_numbers_and_cursors_are_400_not_500(ann, query):
+    album_id = ann.create_album()
+    for url in (f"/api/albums/{album_id}/images?{query}", f"/api/images?{query}"):
+        response = ann.get(url)
+        assert response.status_code == 400 and response.json["error"], url
+
+
+def test_a_cursor_nested_deep_is_400(ann):
+    import base64
+
+    cursor = base64.urlsafe_b64encode(b"[" * 1500).decode()
+    response = ann.get(f"/api/images?cursor={cursor}")
+    assert response.status_code == 400 and "cursor" in response.json["error"]

@@ -443,3 +443,61 @@ def test_bidi_and_line_controls_are_dropped_from_an_uploaded_file_name(backend, 
     image = ann.upload_one(album_id, (DOG.read_bytes(), "holiday\u202egpj.exe\u2028 2024.jpg"))
     assert image["fileName"] == "holidaygpj.exe 2024.jpg"
     assert _row(backend, image["id"]).file_name == "holidaygpj.exe 2024.jpg"
+
+
+def _fill_the_store(backend, monkeypatch) -> None:
+    """Make the store refuse writes for want of space, as each backend does: a folder on a
+    full disk (ENOSPC), Redis at maxmemory with noeviction (its OOM error; test_core.py sees
+    the real one, which would fill the Redis other tests share)."""
+    if backend.blob_url.startswith("redis://"):
+        import redis
+
+        def refuse(*args, **kwargs):
+            raise redis.exceptions.OutOfMemoryError(
+                "command not allowed when used memory > 'maxmemory'."
+            )
+
+        monkeypatch.setattr(redis.Redis, "set", refuse)
+    else:
+        import errno
+        import os
+
+        def refuse(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr("imagerec.blobstore.os.fsync", refuse)
+
+
+def test_a_full_photo_store_is_507_not_unreachable_and_stores_nothing(backend, monkeypatch):
+    app = make_app(backend)
+    ann = sign_up(app, "ann")
+    album_id = ann.create_album()
+    _fill_the_store(backend, monkeypatch)
+
+    files = [(io.BytesIO(DOG.read_bytes()), "dog.jpg")]
+    response = ann.api(
+        "POST", f"/api/albums/{album_id}/images", data={"file": files},
+        content_type="multipart/form-data",
+    )  # fmt: skip
+
+    assert response.status_code == 507, response.json
+    assert response.json["error"] == (
+        "The photo store is full, so nothing was stored; try again once space is freed."
+    )
+    assert count(backend, Image) == 0
+
+
+def test_a_rejected_file_is_only_ever_downloaded_never_rendered(backend, ann):
+    # What the pipeline rejected may still start like a PNG (a truncated one, a polyglot).
+    album_id = ann.create_album()
+    png = (IMAGES / "bad" / "png_header_garbage.png").read_bytes()
+    image = ann.upload_one(album_id, (png, "looks-fine.png"))
+    set_done(backend, image["id"], status=Status.REJECTED, reason="The file is truncated.")
+
+    for route in ("display", "original"):
+        response = ann.get(f"/photos/{image['id']}/{route}")
+        assert response.status_code == 200, route
+        assert response.data == png
+        assert response.headers["Content-Disposition"].startswith("attachment;"), route
+        assert response.mimetype == "application/octet-stream", route
+        assert response.headers["X-Content-Type-Options"] == "nosniff"

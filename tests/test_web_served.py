@@ -1,6 +1,7 @@
-"""The web service as deployed: gunicorn serving `web:create_app()`, spoken to over HTTP.
+"""The web service as deployed: its server (imagerec/serve.py) serving `web:create_app()`,
+spoken to over HTTP.
 
-Some things only a real server shows: gunicorn refuses a response header that is not
+Some things only a real server shows: the server refuses a response header that is not
 Latin-1, where Flask's test client lets anything through.
 """
 

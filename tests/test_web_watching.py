@@ -3,6 +3,7 @@ change feed a page polls while photos are in flight, and the albums list as one 
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -169,7 +170,15 @@ def test_the_change_feed_asks_for_a_reload_when_much_changed(backend, ann, monke
     assert body["reload"] is True and body["images"] == []
 
 
-@pytest.mark.parametrize("since", ["nonsense", "bm90IGEgZGF0ZQ=="])
+def _token(moment: str) -> str:
+    return base64.urlsafe_b64encode(moment.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "since",
+    ["nonsense", "bm90IGEgZGF0ZQ==", _token("0001-01-01T00:00:00+00:00"),
+     _token("0001-01-01T00:00:00"), _token("9999-12-31T23:59:59+00:00")],
+)  # fmt: skip
 def test_a_bad_since_token_is_400(ann, since):
     response = ann.get(f"/api/albums/{ann.create_album()}/changes?since={since}")
     assert response.status_code == 400 and response.json["error"]

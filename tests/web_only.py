@@ -1,4 +1,4 @@
-"""The web service alone under gunicorn, for browser tests of the pages themselves: photos are
+"""The web service alone on its server, for browser tests of the pages themselves: photos are
 made through the core in the state a test needs (done, rejected, processing…), so a page test
 does not wait minutes for the detector. The whole pipeline is tests/test_browser.py's business.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from imagerec.blobstore import BlobStore, open_blob_store, original_key, thumbna
 from imagerec.config import Settings, load_settings
 from imagerec.db import session_factory, upgrade
 from imagerec.models import Album, Detection, Image, Status, User
-from workflows.dev import Child, free_port
+from workflows.dev import Child, free_port, server_argv
 
 
 @dataclass
@@ -186,7 +185,8 @@ def _thumbnail(data: bytes) -> bytes:
 
 
 def start_web_only(data_dir: Path, **env: Any) -> WebOnly:
-    """gunicorn serving `web:create_app()` on a free port, its data (SQLite, blobs) in data_dir."""
+    """The web's server (imagerec/serve.py) serving `web:create_app()` on a free port, its data
+    (SQLite, blobs) in data_dir."""
     settings = load_settings({"IMAGEREC_DATA_DIR": str(data_dir), **env})
     upgrade(settings.database_url)
     port = free_port()
@@ -200,8 +200,8 @@ def start_web_only(data_dir: Path, **env: Any) -> WebOnly:
         **{k: str(v) for k, v in env.items()},
     }
     child_env.pop("K_SINK", None)  # no broker: uploads stay `uploaded`, as a test wants them
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
-    argv += ["--threads", "8", "web:create_app()"]
+    argv = server_argv("--app", "web:create_app()", "--threads", "8")
+    argv += ["--host", "127.0.0.1", "--port", str(port)]
     child = Child("web", argv, child_env, f"http://127.0.0.1:{port}")
     child.start()
     if not child.wait_ready(60):

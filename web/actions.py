@@ -20,13 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from werkzeug.datastructures import FileStorage
-from werkzeug.exceptions import (
-    BadRequest,
-    Conflict,
-    NotFound,
-    RequestEntityTooLarge,
-    ServiceUnavailable,
-)
+from werkzeug.exceptions import BadRequest, Conflict, NotFound, RequestEntityTooLarge
 
 from imagerec import states
 from imagerec.blobstore import (
@@ -45,7 +39,7 @@ from imagerec.images import same_photo_in_album, uploaded_event_data
 from imagerec.models import Album, Image, Status
 from web.broker import sender
 from web.db import get_blobs, get_session
-from web.errors import Duplicate
+from web.errors import Duplicate, photo_store_error
 from web.present import STATUS_TEXT, file_size
 from web.queries import printable, retry_patience
 
@@ -131,7 +125,7 @@ def upload(album: Album, file: FileStorage) -> Image:
         get_blobs().put(key, data)
     except BlobStoreUnavailable as e:
         log.error("upload of %s: %s", image_id, e)
-        raise ServiceUnavailable("The photo store is unreachable; try again shortly.") from e
+        raise photo_store_error(e) from e
     image = Image(
         id=image_id,
         user_id=g.user.id,
@@ -277,7 +271,7 @@ def move_image(image: Image, album: Album) -> Image:
     except BlobNotFound:
         raise Conflict(f"{image.file_name}'s file is gone; delete it instead.") from None
     except BlobStoreUnavailable as e:
-        raise ServiceUnavailable("The photo store is unreachable; try again shortly.") from e
+        raise photo_store_error(e) from e
     name, content_hash = image.file_name, image.content_hash
     new_keys = photo_keys(new_key)
     _count_removal(image.album_id)

@@ -10,7 +10,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -26,6 +26,8 @@ from web.present import SHAPES, SORTS, album_json, image_json
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 MAX_BULK = 500
+# Earlier than any `since` this service hands out.
+SINCE_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def _text(body: dict[str, Any], field: str) -> str:
@@ -54,10 +56,23 @@ def _page() -> queries.Page:
         raise BadRequest(f"sort is one of {', '.join(SORTS)}.")
     if order not in ("desc", "asc"):
         raise BadRequest("order is desc or asc.")
-    limit = args.get("limit", str(queries.DEFAULT_PAGE))
-    if not (limit.isdigit() and 1 <= int(limit) <= queries.MAX_PAGE):
-        raise BadRequest(f"limit is a whole number from 1 to {queries.MAX_PAGE}.")
-    return queries.Page(sort, order, int(limit), args.get("cursor") or None, args.get("label"))
+    limit = query_number("limit", queries.DEFAULT_PAGE, 1, queries.MAX_PAGE)
+    return queries.Page(sort, order, limit, args.get("cursor") or None, args.get("label"))
+
+
+def query_number(name: str, default: int, low: int, high: int) -> int:
+    """The query parameter `name` as a whole number from `low` to `high`, or 400.
+
+    ASCII digits only: str.isdigit() and int() also take "²" or "٣", which no client means.
+    """
+    text = request.args.get(name)
+    if text is None:
+        return default
+    if not (0 < len(text) <= len(str(high)) and text.isascii() and text.isdigit()):
+        raise BadRequest(f"{name} is a whole number from {low} to {high}.")
+    if not low <= int(text) <= high:
+        raise BadRequest(f"{name} is a whole number from {low} to {high}.")
+    return int(text)
 
 
 def _images_json(album, page: queries.Page) -> dict[str, Any]:
@@ -186,8 +201,14 @@ def _since(token: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(base64.urlsafe_b64decode(token.encode()).decode())
     except (ValueError, UnicodeError, binascii.Error):
-        raise BadRequest("since is a token from an earlier answer of this endpoint.") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment = None
+    if moment is not None and not moment.tzinfo:
+        moment = moment.replace(tzinfo=UTC)
+    # Only moments this service could have handed out: year 1 would overflow the query's
+    # arithmetic (since minus the slack and patience windows).
+    if moment is None or not SINCE_EARLIEST <= moment <= datetime.now(UTC) + timedelta(days=1):
+        raise BadRequest("since is a token from an earlier answer of this endpoint.")
+    return moment
 
 
 def _conditional(album: Album, answer: Callable[[], dict[str, Any]]) -> Response:

@@ -7,11 +7,12 @@ import logging
 from dataclasses import dataclass
 
 import sqlalchemy.exc
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
 
+from imagerec.blobstore import BlobStoreFull, BlobStoreUnavailable
 from imagerec.models import Image
-from web.present import file_size
+from web.bodies import Limit, too_large
 
 log = logging.getLogger("imagerec.web")
 
@@ -28,12 +29,26 @@ class Duplicate(Exception):
         return f"{self.file_name} is already in this album as {self.existing.file_name}."
 
 
+class InsufficientStorage(HTTPException):
+    code = 507
+    description = "The photo store is full."
+
+
+def photo_store_error(error: BlobStoreUnavailable) -> HTTPException:
+    """What the user is told when the blob store refuses: full (507), or unreachable (503)."""
+    if isinstance(error, BlobStoreFull):
+        return InsufficientStorage(
+            "The photo store is full, so nothing was stored; try again once space is freed."
+        )
+    return ServiceUnavailable("The photo store is unreachable; try again shortly.")
+
+
 def handle_http_error(error: HTTPException):
     if isinstance(error, RequestEntityTooLarge) and error.description == (
         RequestEntityTooLarge.description
     ):
-        limit = file_size(request.max_content_length or 0)
-        error.description = f"The request is larger than the limit of {limit}."
+        limit = g.get("body_limit") or Limit(request.max_content_length or 0, "requests")
+        error.description = too_large(limit)
     if request.path.startswith("/api/"):
         response = jsonify(error=error.description)
         response.status_code = error.code or 500

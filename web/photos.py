@@ -21,7 +21,7 @@ from flask import (
     request,
     url_for,
 )
-from werkzeug.exceptions import Conflict, NotFound, ServiceUnavailable
+from werkzeug.exceptions import Conflict, NotFound
 
 from imagerec.blobstore import (
     WORKING_COPY_SIDE,
@@ -32,9 +32,11 @@ from imagerec.blobstore import (
     working_key,
 )
 from imagerec.formats import FORMATS, register_heif_opener, sniff_format
+from imagerec.models import Status
 from web import actions, queries
 from web.auth import login_required
 from web.db import get_blobs
+from web.errors import photo_store_error
 from web.present import image_json
 
 bp = Blueprint("photos", __name__, url_prefix="/photos")
@@ -82,6 +84,8 @@ def _back_to_album(album_id: int):
 def original(image_id: str):
     image = queries.get_image(image_id)
     data = _read(image.blob_key)
+    if image.status == Status.REJECTED:
+        return _download(data, image.file_name)
     return _blob_response(data, image.format or sniff_format(data[:32]), image.file_name)
 
 
@@ -103,6 +107,8 @@ def display(image_id: str):
     """The original as a browser can show it: as stored, or HEIF converted to JPEG."""
     image = queries.get_image(image_id)
     data = _read(image.blob_key)
+    if image.status == Status.REJECTED:
+        return _download(data, image.file_name)
     kind = sniff_format(data[:32])
     if kind and FORMATS[kind].browsers_show:
         return _blob_response(data, kind, image.file_name)
@@ -133,7 +139,13 @@ def _read(key: str) -> bytes:
     except BlobNotFound:
         raise NotFound("This photo's file is gone.") from None
     except BlobStoreUnavailable as e:
-        raise ServiceUnavailable("The photo store is unreachable; try again shortly.") from e
+        raise photo_store_error(e) from e
+
+
+def _download(data: bytes, file_name: str) -> Response:
+    """A rejected file (broken, a bomb, not what it claims): its owner may save it, but no
+    browser renders it, whatever its first bytes look like (nosniff is set for every answer)."""
+    return _blob_response(data, None, file_name)
 
 
 def _blob_response(data: bytes, kind: str | None, file_name: str) -> Response:

@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, func, literal, or_, se
 from sqlalchemy.orm import selectinload
 from werkzeug.exceptions import BadRequest, NotFound
 
+from imagerec import jsontext
 from imagerec.models import TAKEN_KEY, Album, Detection, Image, Status
 from imagerec.states import Patience, is_retryable
 from web.db import aware, get_session
@@ -28,6 +29,8 @@ MAX_ROW_ID = 2**31 - 1  # an INTEGER key; anything larger cannot name a row
 IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # as the uploaded event's schema
 DEFAULT_PAGE = 100
 MAX_PAGE = 500
+# A cursor of ours is about 150 characters; nothing much longer is decoded.
+MAX_CURSOR = 1024
 
 
 def get_album(album_id: int) -> Album:
@@ -172,8 +175,10 @@ def decode_cursor(page: Page) -> tuple[str | datetime, str]:
     for another order."""
     try:
         cursor = page.cursor or ""
+        if len(cursor) > MAX_CURSOR:
+            raise ValueError
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        sort, order, key, image_id = json.loads(raw)
+        sort, order, key, image_id = jsontext.loads(raw)
         if not (isinstance(key, str) and isinstance(image_id, str)):
             raise ValueError
         if sort == "uploaded":

@@ -1,10 +1,10 @@
 """`imagerec dev`: the whole service on one machine.
 
-Every step runs as its own HTTP service (functions-framework), the web service under
-gunicorn, and the local runner routes CloudEvents between them from the same knative/
-manifests a cluster uses. Every process writes JSON log lines naming its service
-(imagerec/logs.py) straight to the terminal (or `log_fd`): nothing relays them. A child that
-dies is restarted; Ctrl-C stops everything.
+Every step runs as its own HTTP service (its functions-framework app), the web service too,
+each on imagerec/serve.py's server (which slow clients cannot starve), and the local runner
+routes CloudEvents between them from the same knative/ manifests a cluster uses. Every process
+writes JSON log lines naming its service (imagerec/logs.py) straight to the terminal (or
+`log_fd`): nothing relays them. A child that dies is restarted; Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -157,6 +157,11 @@ class Child:
         self.process.wait()
 
 
+def server_argv(*options: str) -> list[str]:
+    """The command serving the web or a step (imagerec/serve.py), as the images run it."""
+    return [sys.executable, "-m", "imagerec.serve", *options]
+
+
 def _signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signum)
@@ -217,21 +222,12 @@ class DevStack:
         spec = find_spec(f"functions.{module}")
         if spec is None or spec.origin is None:
             raise RuntimeError(f"step module functions/{module}.py not found")
-        argv = [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--source",
-            spec.origin,
-            "--target",
-            module,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
+        argv = server_argv(
+            *("--source", spec.origin, "--target", module),
+            *("--host", "127.0.0.1", "--port", str(port)),
+        )
         env = self._env(name)
-        # functions-framework defaults to 4 request threads per host core; each thread of the
+        # Request threads: functions-framework's default is 4 per host core; each thread of the
         # detector holds a decoded photo and TensorFlow's buffers (8 of them: 2.6 GiB).
         env.setdefault("THREADS", str(step_threads(name)))
         return Child(name, argv, env, f"http://127.0.0.1:{port}", self.log_fd)
@@ -251,20 +247,12 @@ class DevStack:
         web_env = {**self._env("web"), "K_SINK": self.server.broker_url}
         self.children["web"] = Child(
             "web",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"{self.host}:{self.port}",
-                "--threads",
-                "8",
-                # No access log: a line per request (every poll of an album) cost more CPU than
-                # the request; what matters is in the app's own lines.
-                "--logger-class",
-                "imagerec.logs.GunicornLogger",
-                "web:create_app()",
-            ],
+            # No access log: a line per request (every poll of an album) cost more CPU than
+            # the request; what matters is in the app's own lines.
+            server_argv(
+                *("--app", "web:create_app()", "--threads", "8"),
+                *("--host", self.host, "--port", str(self.port)),
+            ),
             web_env,
             self.web_url,
             self.log_fd,

@@ -805,7 +805,5 @@ def untouched_threshold(manifests: Manifests, event_type: str) -> float:
         if not trigger.matches({"type": event_type}):
             continue
         broker = manifests.brokers[(trigger.namespace, trigger.broker)]
-        delivery = trigger.delivery or broker.delivery or BROKER_DEFAULT_DELIVERY
-        dead_letters = _dead_letter_sink(trigger.delivery, broker.delivery) is not None
-        longest = max(longest, hop_budget(delivery, replies=False, dead_letters=dead_letters))
+        longest = max(longest, hop_budget(trigger_delivery(trigger, broker), replies=False))
     return longest + STUCK_MARGIN
