@@ -193,7 +193,8 @@ class RedisBlobStore:
 
     def ages(self, prefix: str = "") -> Iterator[tuple[str, float]]:
         """Every key starting with `prefix`, with the seconds since it was last touched (OBJECT
-        IDLETIME: a lower bound on its age, since every write or read resets it)."""
+        IDLETIME: a lower bound on its age, since every write or read resets it). Redis under
+        an LFU maxmemory-policy tracks no idle time and refuses (knative/ uses noeviction)."""
         with _unavailable_on_connection_error():
             for batch in _batches(self.client.scan_iter(match=_glob(prefix) + "*", count=500)):
                 pipe = self.client.pipeline(transaction=False)

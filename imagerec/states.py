@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, false, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from imagerec.models import Image, Status
+from imagerec.models import Image, Status, aware
 
 log = logging.getLogger("imagerec.states")
 
@@ -76,12 +76,7 @@ def is_retryable(image: Image, cutoffs: dict[Status, datetime], failed: bool = T
     if image.status == Status.FAILED:
         return failed
     cutoff = cutoffs.get(Status(image.status))
-    return cutoff is not None and image.updated_at is not None and _utc(image.updated_at) < cutoff
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands timezone-aware columns back naive; they were written in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return cutoff is not None and image.updated_at is not None and aware(image.updated_at) < cutoff
 
 
 class IllegalTransition(Exception):

@@ -15,6 +15,7 @@ from imagerec.config import (
     load_settings,
     stuck_after_seconds,
 )
+from imagerec.db import session_factory
 from imagerec.events import UPLOADED, event_data
 from imagerec.models import Album, Image, Status, User
 from imagerec.states import Patience
@@ -27,7 +28,7 @@ from workflows.manifests import (
     stuck_threshold,
     untouched_threshold,
 )
-from workflows.reconciler import resend_stuck, sweep_orphans
+from workflows.reconciler import Reconciler, resend_stuck, sweep_orphans
 
 AGO = datetime.now(UTC) - timedelta(hours=1)
 FIVE_MINUTES = Patience(uploaded=300, processing=300)
@@ -325,3 +326,24 @@ def test_blobs_no_row_owns_are_deleted_after_the_grace_period(backend):
 
     assert all(blobs.exists(key) for key in [*kept, young])
     assert not any(blobs.exists(key) for key in orphans)
+
+
+def test_imagerec_devs_reconciler_sweeps_orphans_too(backend, sink):
+    blobs = backend.blobs()
+    blobs.put("1/1/orphan.jpg", b"bytes")
+    time.sleep(1.5)
+    reconciler = Reconciler(
+        sessions=session_factory(backend.database_url),
+        sink=sink.url,
+        patience=FIVE_MINUTES,
+        interval=0.1,
+        blobs=blobs,
+        orphan_grace=1.0,
+    ).start()
+    try:
+        deadline = time.monotonic() + 10
+        while blobs.exists("1/1/orphan.jpg") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        reconciler.stop()
+    assert not blobs.exists("1/1/orphan.jpg")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from flask import Flask, current_app, g
 from sqlalchemy.orm import Session
 
 from imagerec.blobstore import BlobStore, open_blob_store
 from imagerec.db import session_factory
+from imagerec.models import aware  # noqa: F401 (the web's views import it from here)
 
 
 def get_session() -> Session:
@@ -30,8 +29,3 @@ def close_session(_error: BaseException | None = None) -> None:
 
 def init_app(app: Flask) -> None:
     app.teardown_appcontext(close_session)
-
-
-def aware(moment: datetime) -> datetime:
-    # SQLite hands timezone-aware columns back naive; they were written in UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -27,6 +27,7 @@ from pathlib import Path
 import requests
 
 from imagerec import logs
+from imagerec.blobstore import open_blob_store
 from imagerec.config import Settings
 from imagerec.cpus import request_threads, usable_cpus
 from imagerec.db import session_factory, upgrade
@@ -275,6 +276,8 @@ class DevStack:
             self.reconcile_interval,
             # What the runner held in memory before it started is lost: re-sent at once.
             carrier_since=lambda: self.runner_started,
+            blobs=open_blob_store(self.settings.blob_url),
+            orphan_grace=self.settings.untouched_after_seconds,
         ).start()
         return self
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -110,7 +111,8 @@ def sweep_orphans(session: Session, blobs: BlobStore, grace: float) -> list[str]
 
 class Reconciler:
     """Runs `resend_stuck` every `interval` seconds in a background thread; `carrier_since`
-    says when the runner delivering its events (re)started."""
+    says when the runner delivering its events (re)started. With `blobs`, it also runs
+    `sweep_orphans` (`orphan_grace`) at once and then every half grace."""
 
     def __init__(
         self,
@@ -119,10 +121,14 @@ class Reconciler:
         patience: Patience,
         interval: float,
         carrier_since: Callable[[], datetime | None] = lambda: None,
+        blobs: BlobStore | None = None,
+        orphan_grace: float = 0.0,
     ) -> None:
         self.sessions, self.sink = sessions, sink
         self.patience, self.interval = patience, interval
         self.carrier_since = carrier_since
+        self.blobs, self.orphan_grace = blobs, orphan_grace
+        self._next_sweep = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
 
@@ -142,7 +148,10 @@ class Reconciler:
                     resend_stuck(
                         session, self.sink, self.patience, carrier_since=self.carrier_since()
                     )
-            except Exception:  # a database hiccup must not end the loop
+                    if self.blobs is not None and time.monotonic() >= self._next_sweep:
+                        self._next_sweep = time.monotonic() + self.orphan_grace / 2
+                        sweep_orphans(session, self.blobs, self.orphan_grace)
+            except Exception:  # a database or store hiccup must not end the loop
                 log.exception("reconciler round failed")
             if self._stop.wait(self.interval):
                 return

@@ -39,11 +39,12 @@ Knative ships disabled), TLS and OIDC on hops, kustomize patches.
 
 Ingress (`POST /<namespace>/<broker>`, also with a trailing `/`): binary and structured events
 are accepted with 202 and an empty body; a batch, a non-CloudEvent, a blank or missing
-id/source/type, a bad extension name or an exhausted `knativebrokerttl` get 400; an unknown
-broker 404; `/` 404; another path shape 400; a method other than POST 405; OPTIONS 200 with the
-WebHook headers. Accepted events get `knativearrivaltime` and `knativebrokerttl` (255, or one less
-than they came with) and go to every Trigger of the broker whose filter passes (filters.py), in
-parallel. Channels (`/channels/<namespace>/<channel>`) are the runner's own: one per Sequence step
+id/source/type, a bad extension name or an exhausted `knativebrokerttl` get 400; a body over
+MAX_EVENT_BYTES 413, unread (channels too); an unknown broker 404; `/` 404; another path
+shape 400; a method other than POST 405; OPTIONS 200 with the WebHook headers. Accepted
+events get `knativearrivaltime` and `knativebrokerttl` (255, or one less than they came with)
+and go to every Trigger of the broker whose filter passes (filters.py), in parallel. Channels
+(`/channels/<namespace>/<channel>`) are the runner's own: one per Sequence step
 (`<sequence>-kn-sequence-<i>`) and per Parallel branch, as Knative names them.
 
 Each delivery attempt is logged as one line on the `workflows.runner` logger: hop, event type,
@@ -628,7 +629,7 @@ class Runner:
 
 _MAX_LINE = 4096  # a chunk-size line (with extensions) or a trailer; Go allows 4096 too
 # Events carry metadata, never images: the largest one the schemas allow (imagerec/schemas,
-# every string at its longest and escaped, 100 detections and labels) is about a third of this
+# every string at its longest and escaped, 100 detections and labels) is under half of this
 # (tests/test_runner_ingress.py builds it). 1 MiB is also what a Kafka-backed broker takes by
 # default (message.max.bytes); Knative's MT broker ingress sets no limit (docs/local-runner.md).
 MAX_EVENT_BYTES = 1024 * 1024
