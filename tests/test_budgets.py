@@ -40,6 +40,7 @@ from tests.bombs import (
     jpeg_with_exif,
     jpeg_with_icc,
     png_with_exif,
+    png_with_text,
 )
 from tests.conftest import IMAGES, ROOT
 from tests.pipeline import event_for, make_owner, post_event, put_original, reply_event, step_app
@@ -173,6 +174,21 @@ def test_real_progressive_jpegs_are_far_within_the_scan_limit(tmp_path):
         image.save(out, "JPEG", progressive=True, subsampling=subsampling)
         assert jpeg_scans(out.getvalue()) <= 20, mode
     assert jpeg_scans(jpeg_scan_bomb(500)) > MAX_JPEG_SCANS
+
+
+def test_a_png_of_megabytes_of_text_is_rejected_and_a_photos_text_read(
+    configured, extract, owner, tmp_path
+):
+    bomb = png_with_text(6, 1_000_000)  # 6 MB of text in a few KB of file
+    assert len(bomb) < 50_000
+    photo = png_with_text(3, 20_000)  # what an edited photo's XMP and comments weigh
+
+    rejected, _ = _extract(extract, _store(configured, tmp_path, bomb, owner))
+    accepted, _ = _extract(extract, _store(configured, tmp_path, photo, owner))
+
+    assert rejected["type"] == REJECTED
+    assert "text metadata" in rejected.data["reason"]
+    assert accepted["type"] == ACCEPTED
 
 
 # --- ICC profiles ----------------------------------------------------------------------------
