@@ -3,7 +3,8 @@
 
 A photo is opened (its headers read) and judged before a single pixel is decoded: the pixel
 limit (IMAGEREC_MAX_IMAGE_PIXELS), and the memory one photo may use in this step
-(imagerec.memory), against what decoding it costs at its peak (PEAK_BYTES_PER_PIXEL).
+(imagerec.memory), against what decoding it costs at its peak (PEAK_BYTES_PER_PIXEL). Once
+decoded, its EXIF is measured (imagerec.exif) before any step reads it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from PIL import Image, ImageCms, JpegImagePlugin, PngImagePlugin
 
 from imagerec.config import Settings
+from imagerec.exif import ExifTooLarge, check_exif, exif_block
 from imagerec.formats import FORMATS, register_heif_opener
 
 log = logging.getLogger("imagerec.pixels")
@@ -101,13 +103,19 @@ def open_photo(original: bytes, kind: str, settings: Settings) -> Image.Image:
 
 
 def load_photo(image: Image.Image) -> None:
-    """Decodes an opened photo (after any draft()), or closes it and Undecodable says why."""
+    """Decodes an opened photo (after any draft()) and checks its EXIF (a PNG's may follow
+    the pixels) before anything reads it; or closes it and Undecodable says why."""
     name = FORMATS[_kind(image)].label
     try:
         image.load()
+        block = exif_block(image.info)
+        if block is not None:
+            check_exif(block)
     except Exception as e:  # cut-off or damaged data fails in many ways
         image.close()
-        if isinstance(e, Image.DecompressionBombError):
+        if isinstance(e, ExifTooLarge):
+            reason = str(e)
+        elif isinstance(e, Image.DecompressionBombError):
             reason = f"The {name} image has too many pixels to process safely."
         elif isinstance(e, ValueError):
             reason = _too_much_text(name, e)

@@ -54,6 +54,11 @@ def extract():
     return step_app("extract_metadata").test_client()
 
 
+@pytest.fixture(scope="module")
+def thumbnail():
+    return step_app("make_thumbnail").test_client()
+
+
 @pytest.fixture
 def owner(configured) -> tuple[int, int]:
     return make_owner(configured)
@@ -93,6 +98,36 @@ def test_an_exif_bomb_is_rejected_at_once_with_a_reason(
     assert seconds < NOT_MINUTES
     assert reply["type"] == REJECTED
     assert "EXIF" in reply.data["reason"]
+
+
+def test_an_exif_bomb_replayed_as_accepted_is_refused_by_the_pixel_steps_too(
+    configured, extract, thumbnail, owner, tmp_path
+):
+    """A forged accepted event for a rejected bomb: make-thumbnail measures the EXIF before
+    Pillow's orientation reads it, and refuses (422), writing nothing."""
+    data = _store(configured, tmp_path, png_with_exif(exif_bomb(65_535)), owner)
+    _extract(extract, data)  # registers the photo (and rejects it)
+    with PILImage.open(IMAGES / "objects/dog.jpg") as genuine:
+        size = {"width": genuine.width, "height": genuine.height}
+    metadata = {
+        "creationTime": None,
+        "geo": None,
+        "exifMake": None,
+        "exifModel": None,
+        "dimensions": size,
+        "orientation": 1,
+        "fileSize": data["size"],
+        "format": "PNG",
+        "contentHash": "0" * 64,
+    }
+
+    started = time.monotonic()
+    response = post_event(thumbnail, event_for({**data, "metadata": metadata}, ACCEPTED))
+
+    assert time.monotonic() - started < NOT_MINUTES
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert "EXIF" in response.get_data(as_text=True)
+    assert not configured.blobs().exists(thumbnail_key(data["blobKey"]))
 
 
 def test_a_large_exif_block_is_refused_naming_the_limit(configured, extract, owner, tmp_path):
@@ -192,11 +227,6 @@ def test_a_png_of_megabytes_of_text_is_rejected_and_a_photos_text_read(
 
 
 # --- ICC profiles ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def thumbnail():
-    return step_app("make_thumbnail").test_client()
 
 
 def _renditions(backend, extract, thumbnail, tmp_path, owner, content: bytes):
