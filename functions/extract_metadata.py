@@ -25,7 +25,7 @@ from PIL import Image
 
 from imagerec import models
 from imagerec.events import ACCEPTED, REJECTED, UPLOADED, BadEvent, event_data, new_event
-from imagerec.exif import ExifTooLarge, check_exif, exif_block, exifread_tags
+from imagerec.exif import exif_block, exifread_tags
 from imagerec.formats import register_heif_opener, sniff_format
 from imagerec.images import duplicate_reason, register_upload, same_photo_in_album
 from imagerec.pixels import Undecodable, load_photo, open_photo
@@ -87,13 +87,8 @@ def extract_metadata(event: CloudEvent) -> CloudEvent:
 def _metadata(original: bytes) -> dict[str, Any]:
     kind, image, (width, height) = _decode(original)
     with image:
-        # Read once decoded: a PNG may keep its eXIf chunk after the pixels.
+        # Measured by load_photo: within imagerec.exif's budget.
         block = exif_block(image.info)
-        if block is not None:
-            try:
-                check_exif(block)
-            except ExifTooLarge as e:
-                raise _Unacceptable(str(e)) from None
         # Libraries disagree on broken EXIF: per field, the first that reads it sensibly wins.
         sources = (_pillow_tags(image), _exifread_tags(block))
         size = {"width": width, "height": height}

@@ -4,9 +4,10 @@ EXIF is a TIFF structure: directories (IFDs) of 12-byte entries, each naming a t
 count of values and where they are. exifread (3.5) reads every value of every entry one by one
 in Python, about 0.8 µs each, and nothing stops entries from sharing their values: one IFD of
 65,535 entries of 999 values each is a 795 KB PNG and over a minute of CPU, a 64 KB JPEG of
-5,400 such entries 18 s. The same walk is done here first, cheaply (entries only, never their
-values), counting the reads exifread would make; a block over the budget is refused before it
-is parsed, so no attempt of extract-metadata can run long enough to overlap its retry.
+5,400 such entries 4-18 s (issue 20). The same walk is done here first, cheaply (entries
+only, never their values), counting the reads exifread would make; a block over the budget is
+refused before it is parsed, so no attempt of extract-metadata can run long enough to overlap
+its retry.
 """
 
 from __future__ import annotations

@@ -17,10 +17,9 @@ CGROUP = Path("/sys/fs/cgroup")
 # An idle step (Python, Flask, Pillow, pillow-heif, exifread, SQLAlchemy, the Redis client)
 # holds 62-76 MiB of RSS (measured with benchmarks' photos); the rest is the photos'.
 STEP_RESERVE = 96 * 2**20
-# detect-objects holds TensorFlow and its model besides (890 MiB with the offline CenterNet).
-# Its own budget is reckoned like the others' (so never stricter than extract-metadata's, where
-# photos are judged); tests/test_budgets.py checks knative/ leaves it this much per photo.
-DETECTOR_RESERVE = 1024 * 2**20
+# detect-objects holds TensorFlow and its model besides; its budget is reckoned like the
+# others' all the same (never stricter than extract-metadata's, where photos are judged), and
+# tests/test_budgets.py checks that knative/ leaves it as much per photo, model and all.
 # cgroup v1 writes "no limit" as a number near 2**63.
 _UNLIMITED = 2**60
 

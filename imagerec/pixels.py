@@ -3,7 +3,8 @@
 
 A photo is opened (its headers read) and judged before a single pixel is decoded: the pixel
 limit (IMAGEREC_MAX_IMAGE_PIXELS), and the memory one photo may use in this step
-(imagerec.memory), against what decoding it costs at its peak (PEAK_BYTES_PER_PIXEL).
+(imagerec.memory), against what decoding it costs at its peak (PEAK_BYTES_PER_PIXEL). Once
+decoded, its EXIF is measured (imagerec.exif) before any step reads it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from PIL import Image, ImageCms, JpegImagePlugin, PngImagePlugin
 
 from imagerec.config import Settings
+from imagerec.exif import ExifTooLarge, check_exif, exif_block
 from imagerec.formats import FORMATS, register_heif_opener
 
 log = logging.getLogger("imagerec.pixels")
@@ -28,9 +30,9 @@ PngImagePlugin.MAX_TEXT_MEMORY = 4 * 2**20
 # (measured by tests/peak_memory.py at 3 MP, checked by tests/test_budgets.py; 12 MP agrees):
 # libjpeg decodes a baseline JPEG at 1/2-1/8 scale in strips (0.3), but keeps a progressive
 # one's coefficients whole, 2 bytes each for every component (3.9 at 4:2:0; 9.0 for CMYK, or
-# at 4:4:4 where no component is subsampled);
-# Pillow's WebP decoder holds libwebp's canvas, its copy and the image (17.0 at any mode); PNG
-# and HEIF decode fully (7.2, 7.9), and transparency or 16 bits add a converted copy (13.0, 11.2).
+# at 4:4:4 where no component is subsampled); Pillow's WebP decoder holds libwebp's canvas,
+# its copy and the image (17.0 at any mode); PNG and HEIF decode fully (7.2, 7.9), and
+# transparency or 16 bits add a converted copy (13.0, 11.2).
 PEAK_BYTES_PER_PIXEL = {
     ("JPEG", "baseline"): 1,
     ("JPEG", "progressive"): 5,
@@ -43,7 +45,7 @@ PEAK_BYTES_PER_PIXEL = {
 }
 # A progressive JPEG's decoder visits every block of a component once per scan, whatever the
 # scan holds: 51 bytes of a scan cost 0.2-13 ms of CPU, so 30 MB of them would cost hours.
-# Encoders write 6-10 (libjpeg's progressive script), mozjpeg a dozen or so.
+# Encoders write 6-18 (libjpeg's progressive script: 10 for YCbCr, 18 for CMYK).
 MAX_JPEG_SCANS = 100
 # A marker in JPEG entropy-coded data: 0xFF not followed by a stuffed 0x00 or a restart marker.
 _MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
@@ -101,22 +103,25 @@ def open_photo(original: bytes, kind: str, settings: Settings) -> Image.Image:
 
 
 def load_photo(image: Image.Image) -> None:
-    """Decodes an opened photo (after any draft()), or closes it and Undecodable says why."""
+    """Decodes an opened photo (after any draft()) and checks its EXIF (a PNG's may follow
+    the pixels) before anything reads it; or closes it and Undecodable says why."""
     name = FORMATS[_kind(image)].label
     try:
-        try:
-            image.load()
-        except Exception:
-            image.close()
-            raise
-    except Image.DecompressionBombError:
-        raise Undecodable(f"The {name} image has too many pixels to process safely.") from None
-    except ValueError as e:
-        raise Undecodable(_too_much_text(name, e)) from None
-    except Exception:
-        raise Undecodable(
-            f"The {name} image is truncated or damaged and cannot be decoded."
-        ) from None
+        image.load()
+        block = exif_block(image.info)
+        if block is not None:
+            check_exif(block)
+    except Exception as e:  # cut-off or damaged data fails in many ways
+        image.close()
+        if isinstance(e, ExifTooLarge):
+            reason = str(e)
+        elif isinstance(e, Image.DecompressionBombError):
+            reason = f"The {name} image has too many pixels to process safely."
+        elif isinstance(e, ValueError):
+            reason = _too_much_text(name, e)
+        else:
+            reason = f"The {name} image is truncated or damaged and cannot be decoded."
+        raise Undecodable(reason) from None
 
 
 def peak_bytes_per_pixel(image: Image.Image) -> int:

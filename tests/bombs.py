@@ -89,3 +89,16 @@ def jpeg_scan_bomb(scans: int, size: tuple[int, int] = (640, 480)) -> bytes:
     ends = starts[1:] + [len(jpeg) - 2]
     smallest = min((jpeg[a:b] for a, b in zip(starts, ends, strict=True)), key=len)
     return jpeg[:-2] + smallest * (scans - len(starts)) + b"\xff\xd9"
+
+
+def png_with_text(chunks: int, size: int) -> bytes:
+    """A 64x48 PNG with `chunks` zTXt chunks before its pixels, each `size` bytes of text once
+    decompressed (a few KB compressed: zlib shrinks repeated text a thousandfold)."""
+    png = _small_photo("PNG")
+    text = b""
+    for i in range(chunks):
+        body = f"Comment{i}".encode() + b"\x00\x00" + zlib.compress(b"a" * size, 9)
+        text += struct.pack(">I", len(body)) + b"zTXt" + body
+        text += struct.pack(">I", zlib.crc32(b"zTXt" + body))
+    header_end = 8 + 25
+    return png[:header_end] + text + png[header_end:]

@@ -25,7 +25,7 @@ from imagerec.blobstore import thumbnail_key, working_key
 from imagerec.events import ACCEPTED, REJECTED
 from imagerec.exif import MAX_EXIF_BYTES, MAX_EXIF_READS, exif_block, exif_reads
 from imagerec.formats import register_heif_opener
-from imagerec.memory import DETECTOR_RESERVE, STEP_RESERVE, memory_limit, photo_memory
+from imagerec.memory import STEP_RESERVE, memory_limit, photo_memory
 from imagerec.pixels import (
     MAX_JPEG_SCANS,
     MAX_KEPT_ICC_BYTES,
@@ -40,6 +40,7 @@ from tests.bombs import (
     jpeg_with_exif,
     jpeg_with_icc,
     png_with_exif,
+    png_with_text,
 )
 from tests.conftest import IMAGES, ROOT
 from tests.pipeline import event_for, make_owner, post_event, put_original, reply_event, step_app
@@ -51,6 +52,11 @@ NOT_MINUTES = 10.0
 @pytest.fixture(scope="module")
 def extract():
     return step_app("extract_metadata").test_client()
+
+
+@pytest.fixture(scope="module")
+def thumbnail():
+    return step_app("make_thumbnail").test_client()
 
 
 @pytest.fixture
@@ -92,6 +98,36 @@ def test_an_exif_bomb_is_rejected_at_once_with_a_reason(
     assert seconds < NOT_MINUTES
     assert reply["type"] == REJECTED
     assert "EXIF" in reply.data["reason"]
+
+
+def test_an_exif_bomb_replayed_as_accepted_is_refused_by_the_pixel_steps_too(
+    configured, extract, thumbnail, owner, tmp_path
+):
+    """A forged accepted event for a rejected bomb: make-thumbnail measures the EXIF before
+    Pillow's orientation reads it, and refuses (422), writing nothing."""
+    data = _store(configured, tmp_path, png_with_exif(exif_bomb(65_535)), owner)
+    _extract(extract, data)  # registers the photo (and rejects it)
+    with PILImage.open(IMAGES / "objects/dog.jpg") as genuine:
+        size = {"width": genuine.width, "height": genuine.height}
+    metadata = {
+        "creationTime": None,
+        "geo": None,
+        "exifMake": None,
+        "exifModel": None,
+        "dimensions": size,
+        "orientation": 1,
+        "fileSize": data["size"],
+        "format": "PNG",
+        "contentHash": "0" * 64,
+    }
+
+    started = time.monotonic()
+    response = post_event(thumbnail, event_for({**data, "metadata": metadata}, ACCEPTED))
+
+    assert time.monotonic() - started < NOT_MINUTES
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert "EXIF" in response.get_data(as_text=True)
+    assert not configured.blobs().exists(thumbnail_key(data["blobKey"]))
 
 
 def test_a_large_exif_block_is_refused_naming_the_limit(configured, extract, owner, tmp_path):
@@ -175,12 +211,22 @@ def test_real_progressive_jpegs_are_far_within_the_scan_limit(tmp_path):
     assert jpeg_scans(jpeg_scan_bomb(500)) > MAX_JPEG_SCANS
 
 
+def test_a_png_of_megabytes_of_text_is_rejected_and_a_photos_text_read(
+    configured, extract, owner, tmp_path
+):
+    bomb = png_with_text(6, 1_000_000)  # 6 MB of text in a few KB of file
+    assert len(bomb) < 50_000
+    photo = png_with_text(3, 20_000)  # what an edited photo's XMP and comments weigh
+
+    rejected, _ = _extract(extract, _store(configured, tmp_path, bomb, owner))
+    accepted, _ = _extract(extract, _store(configured, tmp_path, photo, owner))
+
+    assert rejected["type"] == REJECTED
+    assert "text metadata" in rejected.data["reason"]
+    assert accepted["type"] == ACCEPTED
+
+
 # --- ICC profiles ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def thumbnail():
-    return step_app("make_thumbnail").test_client()
 
 
 def _renditions(backend, extract, thumbnail, tmp_path, owner, content: bytes):
@@ -365,6 +411,11 @@ def test_the_memory_a_photo_may_use_is_the_limit_shared_by_the_requests(tmp_path
     (v1 / "memory").mkdir(parents=True)
     (v1 / "memory" / "memory.limit_in_bytes").write_text("536870912\n")
     assert memory_limit(v1) == 2**29
+
+
+# What detect-objects holds before its first photo: TensorFlow and the model (890 MiB of RSS
+# measured with the offline CenterNet, loaded and warmed), rounded up.
+DETECTOR_RESERVE = 1024 * 2**20
 
 
 def _quantity(text: str) -> int:

@@ -22,15 +22,19 @@ import requests
 from bombs import jpeg_with_exif, png_with_exif
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image as PILImage
 from pipeline import event_for, make_owner, put_original, step_app
 from sqlalchemy import select
 from test_store_results import labelled
 from test_web_app import DOG, make_app, sign_up
 
+import imagerec.steps
 from imagerec.blobstore import thumbnail_key
 from imagerec.events import ACCEPTED, LABELLED, REJECTED, UPLOADED, encode, new_event
+from imagerec.formats import register_heif_opener
 from imagerec.images import register_upload
 from imagerec.models import Album, Detection, Image, Status, User
+from imagerec.pixels import peak_bytes_per_pixel
 from tests.runner_support import Subscriber, broker, ref, running, trigger
 from workflows.runner import MAX_EVENT_BYTES
 
@@ -421,3 +425,34 @@ def test_extract_metadata_answers_any_exif_quickly_and_never_5xx(
     assert time.monotonic() - started < NOT_SLOW
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.headers["ce-type"] in (ACCEPTED, REJECTED)
+
+
+@on_real_backend
+@settings(FUZZ, max_examples=40)
+@given(
+    kind=st.sampled_from(
+        [("JPEG", "RGB", {}), ("JPEG", "CMYK", {"progressive": True}), ("PNG", "LA", {})]
+        + [("PNG", "RGB", {}), ("WEBP", "RGB", {}), ("HEIF", "RGB", {})]
+    ),
+    size=st.tuples(st.integers(1, 400), st.integers(1, 300)),
+    budget=st.integers(0, 3_000_000),
+)
+def test_extract_metadata_accepts_exactly_the_photos_that_fit_their_memory(
+    steps, exif_owner, tmp_path, monkeypatch, kind, size, budget
+):
+    backend, owner = exif_owner
+    register_heif_opener()
+    fmt, mode, options = kind
+    path = tmp_path / uuid.uuid4().hex
+    PILImage.new(mode, size, "white" if mode != "CMYK" else (0, 0, 0, 0)).save(path, fmt, **options)
+    monkeypatch.setenv("IMAGEREC_PHOTO_MEMORY", str(budget))
+    imagerec.steps.settings.cache_clear()
+    with PILImage.open(path) as opened:
+        needed = size[0] * size[1] * peak_bytes_per_pixel(opened) + path.stat().st_size
+    headers, body = encode(event_for(put_original(backend, path, *owner), UPLOADED))
+
+    response = steps["extract_metadata"].post("/", data=body, headers=headers)
+
+    assert response.status_code == 200, response.get_data(as_text=True)
+    expected = ACCEPTED if needed <= budget else REJECTED
+    assert response.headers["ce-type"] == expected, (kind, size, budget, needed)
