@@ -26,16 +26,17 @@ DETECTOR = "detect-objects"
 LIGHT_STEPS = tuple(name for name in STEPS if name != DETECTOR)
 # The third-party modules a service cannot start without: the floor of its cold start.
 BARE_IMPORTS = {
-    "extract-metadata": "functions_framework, PIL.Image, pillow_heif, exifread, sqlalchemy.orm,"
-    " jsonschema",
-    "make-thumbnail": "functions_framework, PIL.Image, pillow_heif, sqlalchemy.orm, jsonschema",
-    "store-results": "functions_framework, sqlalchemy.orm, jsonschema",
-    "record-failure": "functions_framework, sqlalchemy.orm, jsonschema",
-    "web": "gunicorn.app.wsgiapp, flask, sqlalchemy.orm, PIL.Image, jsonschema",
+    "extract-metadata": "functions_framework, waitress.server, PIL.Image, pillow_heif, exifread,"
+    " sqlalchemy.orm, jsonschema",
+    "make-thumbnail": "functions_framework, waitress.server, PIL.Image, pillow_heif,"
+    " sqlalchemy.orm, jsonschema",
+    "store-results": "functions_framework, waitress.server, sqlalchemy.orm, jsonschema",
+    "record-failure": "functions_framework, waitress.server, sqlalchemy.orm, jsonschema",
+    "web": "waitress.server, flask, sqlalchemy.orm, PIL.Image, jsonschema",
 }
 _DETECTOR_BARE = """
 import os; os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import functions_framework, PIL.Image, pillow_heif
+import functions_framework, waitress.server, PIL.Image, pillow_heif
 import tensorflow as tf, tensorflow_hub as hub
 model = hub.load({model!r}).signatures["default"]
 model(tf.zeros([1, 64, 64, 3], tf.float32))
@@ -146,16 +147,15 @@ def _bare(code: str, env: dict[str, str]) -> tuple[float, float]:
 
 
 def service_argv(service: str, port: int) -> list[str]:
+    """The command its container runs (imagerec/serve.py), on a local port."""
+    address = ("--host", "127.0.0.1", "--port", str(port))
     if service == "web":
-        return [
-            *(sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"),
-            "web:create_app()",
-        ]
+        return [*(sys.executable, "-m", "imagerec.serve", "--app", "web:create_app()"), *address]
     module = STEPS[service].function
     return [
-        *(sys.executable, "-m", "functions_framework"),
+        *(sys.executable, "-m", "imagerec.serve"),
         *("--source", str(photos.ROOT / "functions" / f"{module}.py"), "--target", module),
-        *("--host", "127.0.0.1", "--port", str(port)),
+        *address,
     ]
 
 
@@ -163,7 +163,7 @@ def _service_start(
     service: str, env: dict[str, str], timeout: float = 120.0
 ) -> tuple[float, float]:
     """(CPU seconds, wall seconds) from exec to the first 200 of its readiness URL (steps:
-    GET /; web: /healthz), the CPU of all its processes (gunicorn's master and worker)."""
+    GET /; web: /healthz), the CPU of all its processes."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/" + ("healthz" if service == "web" else "")
     started = time.perf_counter()

@@ -52,11 +52,26 @@ class Base(DeclarativeBase):
     )
 
 
+def fold_username(username: str) -> str:
+    """The form user names are compared in: usernames are ASCII (web/auth.py), so lower()
+    is case folding, and SQL's lower() (migration 0006) agrees with it on every backend."""
+    return username.lower()
+
+
 class User(Base):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
+    # The name case-folded: unique, so "Alice" cannot sign up beside "alice". Null only for an
+    # account that, before names were case-insensitive, differed from an older one by case
+    # alone (migration 0006): it keeps its exact name, the older one the folded one.
+    username_folded: Mapped[str | None] = mapped_column(
+        String(64),
+        index=True,
+        unique=True,
+        default=lambda context: fold_username(context.get_current_parameters()["username"]),
+    )
     password_hash: Mapped[str] = mapped_column(String(255))
     # A signed session cookie carries the epoch it was made in; signing out moves it on, so
     # a copy of the cookie (kept, stolen) no longer signs anyone in.

@@ -208,3 +208,42 @@ def test_subject_must_be_the_image_id():
     h, body = _binary(**{"ce-subject": "other"})
     with pytest.raises(BadEvent, match="subject"):
         event_data(parse_event(h, body))
+
+
+def test_migration_0006_keeps_accounts_that_differ_only_by_case(backend):
+    """Before 0006 "Alice" and "alice" could both sign up. Both rows survive the migration,
+    down and up again; the older one owns the folded name, and each keeps its exact name."""
+    from alembic import command
+
+    from imagerec.db import alembic_config
+
+    config = alembic_config(backend.database_url)
+    command.downgrade(config, "0005")
+    engine = get_engine(backend.database_url)
+    with engine.begin() as connection:
+        for name in ("Alice", "alice", "bob"):
+            connection.execute(
+                sqlalchemy.text(
+                    "INSERT INTO users (username, password_hash, session_epoch, created_at) "
+                    "VALUES (:name, 'x', 0, CURRENT_TIMESTAMP)"
+                ),
+                {"name": name},
+            )
+
+    def rows() -> list[tuple]:
+        with engine.connect() as connection:
+            query = "SELECT username, username_folded FROM users ORDER BY id"
+            return [tuple(row) for row in connection.execute(sqlalchemy.text(query))]
+
+    command.upgrade(config, "head")
+    assert rows() == [("Alice", "alice"), ("alice", None), ("bob", "bob")]
+    command.downgrade(config, "0005")
+    with engine.connect() as connection:
+        names = connection.execute(sqlalchemy.text("SELECT username FROM users ORDER BY id"))
+        assert list(names.scalars()) == ["Alice", "alice", "bob"]
+    command.upgrade(config, "head")
+    assert rows() == [("Alice", "alice"), ("alice", None), ("bob", "bob")]
+    # A new account takes no casing of a name in use.
+    with pytest.raises(sqlalchemy.exc.IntegrityError), backend.session() as s:
+        s.add(User(username="BOB", password_hash="x"))
+        s.commit()

@@ -10,12 +10,14 @@ the suite takes well under a minute in CI and fails the same way every time.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import string
 import struct
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -35,7 +37,9 @@ from imagerec.formats import register_heif_opener
 from imagerec.images import register_upload
 from imagerec.models import Album, Detection, Image, Status, User
 from imagerec.pixels import peak_bytes_per_pixel
+from imagerec.serve import BodyLimit, Refusal, RequestHead
 from tests.runner_support import Subscriber, broker, ref, running, trigger
+from web.bodies import MAX_JSON_BYTES
 from workflows.runner import MAX_EVENT_BYTES
 
 # PostgreSQL and Redis: where a value too large for its column is an error, not a string.
@@ -296,6 +300,127 @@ def test_no_json_route_answers_5xx_or_touches_another_users_rows(web_scene, data
 
     assert response.status_code < 500, (method, url, response.get_data(as_text=True))
     assert _snapshot(backend, ann.id) == before
+
+
+# --- the web's limits: query numbers, cursors, and bodies against each route's cap ------------
+
+
+@on_real_backend
+@FUZZ
+@given(data=st.data())
+def test_no_listing_parameter_answers_5xx(web_scene, data):
+    backend, ann, ann_album, *_ = web_scene
+    number = st.sampled_from(["0", "1", "500", "501", "²", "٣", "+1", " 1", "1e3", "9" * 400])
+    token = st.sampled_from(
+        ["", "[" * 1500, "W1tbW1tb", "MDAwMS0wMS0wMVQwMDowMDowMA==", "OTk5OS0xMi0zMQ=="]
+    )
+    in_a_url = EDGY_TEXT.filter(lambda text: "\ud800" not in text)  # a client cannot send it
+    params = {
+        name: data.draw(value | in_a_url, label=name)
+        for name, value in (
+            ("limit", number),
+            ("cursor", token),
+            ("since", token),
+            ("sort", st.sampled_from(["uploaded", "taken"])),
+            ("order", st.sampled_from(["asc", "desc"])),
+        )
+        if data.draw(st.booleans())
+    }
+    url = data.draw(
+        st.sampled_from(
+            [f"/api/albums/{ann_album}/images", "/api/images", f"/api/albums/{ann_album}/changes"]
+        ),
+        label="url",
+    )
+
+    response = ann.client.get(url, query_string=params)
+
+    assert response.status_code < 500, (url, params, response.get_data(as_text=True))
+
+
+class _CountingBody(io.RawIOBase):
+    """An endless body that counts what the app reads of it."""
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        buffer[: len(buffer)] = b"-" * len(buffer)
+        self.read_bytes += len(buffer)
+        return len(buffer)
+
+
+@on_real_backend
+@FUZZ
+@given(data=st.data())
+def test_no_route_reads_more_than_its_limit_or_answers_5xx(web_scene, data):
+    backend, ann, ann_album, ann_photo, bob, bob_album = web_scene
+    before = _snapshot(backend, ann.id)
+    bob.refresh_csrf()
+    app = bob.client.application
+    whole = app.config["MAX_CONTENT_LENGTH"]
+    method, url = data.draw(
+        st.sampled_from(
+            [
+                ("POST", "/auth/signin"),
+                ("POST", "/auth/signup"),
+                ("POST", "/api/session"),
+                ("POST", "/api/albums"),
+                ("POST", f"/api/albums/{bob_album}/images"),
+                ("POST", f"/albums/{bob_album}/photos"),
+                ("POST", f"/api/albums/{ann_album}/images"),
+                ("POST", "/no-such-route"),
+            ]
+        ),
+        label="route",
+    )
+    mimetype = data.draw(
+        st.sampled_from(
+            ["application/json", "application/x-www-form-urlencoded",
+             "multipart/form-data; boundary=x", "text/plain", ""]
+        ),
+        label="type",
+    )  # fmt: skip
+    size = data.draw(
+        st.sampled_from([0, 1, MAX_JSON_BYTES, MAX_JSON_BYTES + 1, 2**20, whole, whole + 1]),
+        label="declared size",
+    )
+    token = data.draw(st.sampled_from(["header", "query", "none", "wrong"]), label="token")
+    headers = {"Content-Type": mimetype} if mimetype else {}
+    if token == "header":
+        headers["X-CSRF-Token"] = bob.csrf
+    elif token == "wrong":
+        headers["X-CSRF-Token"] = "x" * 43
+    query = {"csrf_token": bob.csrf} if token == "query" else {}
+    body = _CountingBody()
+    environ = {"wsgi.input": body, "CONTENT_LENGTH": str(size)}
+    # What the server's admission says before the body: never an error of its own.
+    head = RequestHead(method, url, urlencode(query), _environ_headers(headers, bob), size)
+    assert isinstance(app.admit_request(head), Refusal | BodyLimit)
+
+    response = bob.client.open(
+        url, method=method, headers=headers, query_string=query, environ_overrides=environ
+    )
+
+    assert response.status_code < 500, (method, url, response.get_data(as_text=True)[:300])
+    upload = url.endswith(("/images", "/photos"))
+    assert body.read_bytes <= (whole if upload else MAX_JSON_BYTES) + 64 * 1024
+    if response.status_code == 413 and size > (whole if upload else MAX_JSON_BYTES):
+        text = response.get_data(as_text=True)
+        assert "limit for" in text or "Send at most" in text, text[:300]
+    assert _snapshot(backend, ann.id) == before
+
+
+def _environ_headers(headers: dict[str, str], account) -> dict[str, str]:
+    """Request headers as the server hands them to `admit_request` (WSGI names, no HTTP_)."""
+    named = {name.upper().replace("-", "_"): value for name, value in headers.items()}
+    cookie = account.client.get_cookie("session")
+    if cookie is not None:
+        named["COOKIE"] = f"session={cookie.value}"
+    return named
 
 
 # --- the runner's broker ingress (the local runner's code: workflows/runner) -----------------

@@ -7,6 +7,7 @@ import re
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from flask import (
@@ -27,14 +28,15 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from imagerec.models import SignInThrottle, User
+from imagerec.models import SignInThrottle, User, fold_username
 from web.bodies import CSRF_FIELD, CSRF_HEADER, token_matches
 from web.db import aware, get_session
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-MIN_PASSWORD = 8
+MIN_PASSWORD = 10
+COMMON_PASSWORDS = Path(__file__).with_name("common-passwords.txt")
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -101,8 +103,7 @@ def sign_up(username: str, password: str) -> User:
         raise BadRequest(
             "A username is 1 to 64 letters, digits or . _ @ - and starts with a letter or digit."
         )
-    if len(password) < MIN_PASSWORD:
-        raise BadRequest(f"A password needs at least {MIN_PASSWORD} characters.")
+    check_password(password, username)
     db = get_session()
     user = User(username=username, password_hash=generate_password_hash(password))
     db.add(user)
@@ -112,6 +113,28 @@ def sign_up(username: str, password: str) -> User:
         db.rollback()
         raise Conflict(f"The username {username} is taken.") from None
     return user
+
+
+def check_password(password: str, username: str) -> None:
+    """400 with the reason when a password is too easy to guess."""
+    if len(password) < MIN_PASSWORD:
+        raise BadRequest(f"A password needs at least {MIN_PASSWORD} characters.")
+    if not password.strip():
+        raise BadRequest("A password cannot be only spaces.")
+    guess = password.strip().lower()
+    if guess == username.lower():
+        raise BadRequest("A password cannot be the username.")
+    if guess in _common_passwords():
+        raise BadRequest(
+            "That password is among the 10,000 most common ones, which are guessed first; "
+            "choose another."
+        )
+
+
+@functools.cache
+def _common_passwords() -> frozenset[str]:
+    lines = COMMON_PASSWORDS.read_text(encoding="utf-8").splitlines()
+    return frozenset(line for line in lines if line and not line.startswith("#"))
 
 
 def sign_in(username: str, password: str) -> User:
@@ -129,25 +152,27 @@ def sign_in(username: str, password: str) -> User:
         check_password_hash(_dummy_hash(), password)
         raise SignInRefused(WRONG_CREDENTIALS)
     now = datetime.now(UTC)
-    attempt = _reserve_attempt(username, now)
+    # Counted under the folded name: "ALICE", "Alice" and "alice" share one lockout.
+    throttled = fold_username(username)
+    attempt = _reserve_attempt(throttled, now)
     if attempt is None:
-        throttle = db.get(SignInThrottle, username, populate_existing=True)
+        throttle = db.get(SignInThrottle, throttled, populate_existing=True)
         locked = throttle.locked_until if throttle and throttle.locked_until else None
         until = aware(locked) if locked else now + _lockout()
         minutes = max(1, round((until - now).total_seconds() / 60))
         raise TooManyRequests(
             f"Too many failed sign-ins: this account is locked for {minutes} more minute(s)."
         )
-    user = db.scalar(select(User).where(User.username == username))
+    user = _account(username)
     right = check_password_hash(user.password_hash if user else _dummy_hash(), password)
     if user is None or not right:
         if attempt >= current_app.config["LOGIN_MAX_FAILURES"]:
-            _set_throttle(username, locked_until=now + _lockout(), failures=0)
+            _set_throttle(throttled, locked_until=now + _lockout(), failures=0)
         raise SignInRefused(WRONG_CREDENTIALS)
     # Right: this attempt and the failures before it no longer count (attempts still being
     # checked keep theirs); a lock set meanwhile by one of them has reset the count already.
     _set_throttle(
-        username,
+        throttled,
         failures=case(
             (SignInThrottle.failures > attempt, SignInThrottle.failures - attempt), else_=0
         ),
@@ -155,6 +180,16 @@ def sign_in(username: str, password: str) -> User:
     )
     start_session(user)
     return user
+
+
+def _account(username: str) -> User | None:
+    """The account signed in to by this name: the exact name first (two accounts from before
+    names were case-insensitive may differ by case alone, migration 0006), else any casing."""
+    db = get_session()
+    exact = db.scalar(select(User).where(User.username == username))
+    if exact is not None:
+        return exact
+    return db.scalar(select(User).where(User.username_folded == fold_username(username)))
 
 
 def _reserve_attempt(username: str, now: datetime) -> int | None:
@@ -264,3 +299,4 @@ def init_app(app: Flask) -> None:
     app.before_request(check_csrf)
     app.before_request(load_logged_in_user)
     app.jinja_env.globals["csrf_token"] = csrf_token
+    app.jinja_env.globals["min_password"] = MIN_PASSWORD
