@@ -298,3 +298,25 @@ def test_a_heic_is_read_from_its_working_copy(client, embedded, tmp_path):
 
     assert "horse" in labels_of(labelled)
     assert "dog" not in labels_of(labelled)
+
+
+def test_the_step_can_reach_postgresql_over_tls_after_loading_tensorflow():
+    """The order of TensorFlow's and libpq's TLS libraries decides whether the first handshake
+    crashes the process (docs/toolchain.md §8); the step loads its model, then reads rows."""
+    import psycopg2
+    from conftest import POSTGRES_URL, require
+
+    try:
+        psycopg2.connect(POSTGRES_URL, sslmode="require").close()
+    except psycopg2.OperationalError as e:
+        require("PostgreSQL with TLS (Debian's cluster has ssl = on)", e)
+    code = (
+        "from functions.detect_objects import _import_tensorflow; _import_tensorflow(); "
+        "import psycopg2; "
+        f"psycopg2.connect({POSTGRES_URL!r}, sslmode='require').close(); print('connected')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.strip() == "connected"
