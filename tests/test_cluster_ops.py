@@ -338,10 +338,9 @@ def test_threads_are_sized_to_the_cpu_limit_and_bound_concurrency(
         if name == "detect-objects":  # CPU-bound: one request per core
             assert threads == limit
     web = container(services["web"])
-    options = dict(a.removeprefix("--").split("=", 1) for a in web["args"] if a.startswith("--"))
-    assert services["web"]["spec"]["template"]["spec"]["containerConcurrency"] == int(
-        options["workers"]
-    ) * int(options["threads"])
+    args = web["args"]  # imagerec/serve.py's: one process, --threads request threads
+    threads = int(args[args.index("--threads") + 1])
+    assert services["web"]["spec"]["template"]["spec"]["containerConcurrency"] == threads
 
 
 def test_services_restart_when_their_server_is_gone(built: list[dict[str, Any]]) -> None:
