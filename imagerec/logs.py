@@ -152,10 +152,6 @@ def configure(service: str, level: int = logging.INFO, fd: int | None = None) ->
         handler.setFormatter(formatter)
         root.addHandler(handler)
         root.setLevel(level)
-    # gunicorn's own loggers do not propagate: make their lines JSON too (the web's workers).
-    for name in ("gunicorn.error", "gunicorn.access"):
-        for handler in logging.getLogger(name).handlers:
-            handler.setFormatter(formatter)
     # Alembic announces each of its plugins at INFO when first imported: noise in every process.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
@@ -175,24 +171,3 @@ def name_service(logger: logging.Logger, service: str) -> logging.Logger:
     """Lines of `logger` name `service` rather than the process's (several in one process)."""
     logger.addFilter(_NamedService(service))
     return logger
-
-
-def gunicorn_logger_class() -> type:
-    """A gunicorn logger class (`--logger-class imagerec.logs.GunicornLogger`) writing JSON."""
-    from gunicorn.glogging import Logger
-
-    class GunicornLogger(Logger):
-        def setup(self, cfg: Any) -> None:
-            super().setup(cfg)
-            formatter = JsonFormatter(service_name("web"))
-            for handler in (*self.error_log.handlers, *self.access_log.handlers):
-                handler.setFormatter(formatter)
-
-    return GunicornLogger
-
-
-def __getattr__(name: str) -> Any:
-    # gunicorn imports the class by name; built on first use so nothing else imports gunicorn.
-    if name == "GunicornLogger":
-        return gunicorn_logger_class()
-    raise AttributeError(name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -34,12 +35,13 @@ from waitress.utilities import Error
 
 from imagerec.cpus import request_threads
 
+log = logging.getLogger("imagerec.serve")
+
 # The request line and headers (a few hundred bytes from any real client) must be in this
 # soon after their first byte; a client trickling them is cut off then.
 HEADER_SECONDS = 10
 # A connection with nothing received or sent for this long is closed: a stalled body, or an
-# idle kept-alive connection. Below Knative's queue-proxy idle timeout, so that the proxy
-# never reuses a connection this side is closing.
+# idle kept-alive connection.
 IDLE_SECONDS = 30
 # How often the deadlines above are checked (they hold to within this).
 CHECK_EVERY_SECONDS = 1
@@ -215,6 +217,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give either --app, or --target (with --source) for a step")
     app = _factory_app(args.app) if args.app else _step_app(args.source, args.target)
     server = make_server(app, args.host, args.port, args.threads)
+    # Logging is set up by now (the app's import or factory did it): a JSON line like the rest.
+    log.info(
+        "serving %s on http://%s:%s with %d threads",
+        args.app or args.target,
+        server.effective_host,
+        server.effective_port,
+        args.threads,
+    )
     server.run()
 
 

@@ -325,8 +325,8 @@ def cpu_cores(quantity: str) -> float:
 def test_threads_are_sized_to_the_cpu_limit_and_bound_concurrency(
     built: list[dict[str, Any]],
 ) -> None:
-    # functions-framework's default is 4 threads per core of the node (os.cpu_count()), whatever
-    # the container's CPU limit; Knative's containerConcurrency must not exceed the threads.
+    # The default (as functions-framework's) is 4 threads per core of the node (os.cpu_count()),
+    # whatever the container's CPU limit; Knative's containerConcurrency must not exceed them.
     services = knative_services(built)
     for name in STEPS:
         c = container(services[name])
@@ -338,9 +338,9 @@ def test_threads_are_sized_to_the_cpu_limit_and_bound_concurrency(
         if name == "detect-objects":  # CPU-bound: one request per core
             assert threads == limit
     web = container(services["web"])
-    args = web["args"]  # imagerec/serve.py's: one process, --threads request threads
-    threads = int(args[args.index("--threads") + 1])
-    assert services["web"]["spec"]["template"]["spec"]["containerConcurrency"] == threads
+    options = dict(zip(web["args"][::2], web["args"][1::2], strict=True))
+    concurrency = services["web"]["spec"]["template"]["spec"]["containerConcurrency"]
+    assert concurrency == int(options["--threads"])  # one process
 
 
 def test_services_restart_when_their_server_is_gone(built: list[dict[str, Any]]) -> None:

@@ -310,3 +310,23 @@ def test_the_server_admits_a_big_upload_from_a_session_with_its_token(served):
         )
         with pytest.raises(TimeoutError):
             s.recv(1)
+
+
+def test_the_server_holds_a_chunked_body_to_the_routes_limit(served):
+    """A chunked body declares no length: it is cut off once past the route's limit."""
+    with socket.create_connection(("127.0.0.1", served), timeout=10) as s:
+        s.sendall(
+            b"POST /auth/signin HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+        )
+        chunk = b"%x\r\n%s\r\n" % (16 * 1024, b"a" * 16 * 1024)
+        answer = b""
+        with contextlib.suppress(OSError):  # refused and closed while we were still sending
+            for _ in range(64):  # 1 MiB at most, far past 48 KB
+                s.sendall(chunk)
+        with contextlib.suppress(OSError):
+            while piece := s.recv(65536):
+                answer += piece
+    status, _, body = answer.decode().partition("\r\n\r\n")
+    assert status.startswith("HTTP/1.1 413"), answer[:200]
+    assert "larger than the 48 KB limit for forms" in body
