@@ -151,8 +151,8 @@ def running_step(module: str, env: dict[str, str], timeout: float = 60.0) -> Ite
             try:
                 if requests.get(url, timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # still importing (TensorFlow, under load): ask again until the deadline
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{module} did not become ready on port {port}")
             time.sleep(0.1)
