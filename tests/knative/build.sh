@@ -49,15 +49,18 @@ build eventing "$ev" controller webhook mtchannel_broker ingress filter channel_
 	knative.dev/eventing/cmd/in_memory/channel_dispatcher"
 
 kube="$cache/kubernetes@$KUBERNETES_VERSION/bin"
+# Kubernetes' own build stamps its version into the binaries (hack/lib/version.sh); without it
+# the API server reports v0.0.0-master+$Format:%H$ and Knative's version check refuses to start.
+minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2)
+kv=""
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	kv="$kv -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+done
 build kubernetes "$kube" etcd kube-apiserver kubectl -- sh -c "
 	cd kube &&
 	go build -p 2 -ldflags='$ldflags' -o '$kube/etcd' go.etcd.io/etcd/server/v3 &&
-	go build -p 2 -ldflags='$ldflags' -o '$kube/kube-apiserver' k8s.io/kubernetes/cmd/kube-apiserver &&
-	go build -p 2 -ldflags='$ldflags' -o '$kube/kubectl' k8s.io/kubernetes/cmd/kubectl"
-
-sv="$cache/serving@$SERVING_VERSION/bin"
-build serving "$sv" webhook -- \
-	sh -c "cd serving && go build -p 2 -ldflags='$ldflags' -o '$sv/' knative.dev/serving/cmd/webhook"
+	go build -p 2 -ldflags='$ldflags $kv' -o '$kube/kube-apiserver' k8s.io/kubernetes/cmd/kube-apiserver &&
+	go build -p 2 -ldflags='$ldflags $kv' -o '$kube/kubectl' k8s.io/kubernetes/cmd/kubectl"
 
 # kn: knative.dev/client replaces knative.dev/client/pkg with ./pkg, and the proxy serves no
 # knative.dev/client/pkg at the release (v0.50.0: 404) nor at its commit: tools/kn/go.mod pairs
