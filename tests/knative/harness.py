@@ -227,13 +227,16 @@ class Cluster:
             "nameserver 127.0.0.1\n"
         )
         (etc / "hosts").write_text(self._hosts_text())
-        # kube-proxy's part: a Service port reaches the container port.
+        # kube-proxy's part: a Service port reaches the container port. Only traffic to the pod's
+        # own address: its calls to other pods' port 80 must leave it.
         rules = []
         for svc in pod.services:
             for port in svc["spec"]["ports"]:
                 target = port.get("targetPort", port["port"])
                 if isinstance(target, int) and target != port["port"]:
-                    rules.append(f"tcp dport {port['port']} redirect to :{target}")
+                    rules.append(
+                        f"ip daddr {pod.ip} tcp dport {port['port']} redirect to :{target}"
+                    )
         if rules:
             body = "; ".join(rules)
             script = (
