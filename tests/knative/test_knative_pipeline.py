@@ -15,14 +15,13 @@ import pytest
 import sqlalchemy
 from harness import Cluster
 from sinks import Sink
-from test_knative_apply import KNATIVE_KINDS, ROOT, apply_k, kustomization
+from test_knative_apply import KNATIVE_KINDS, ROOT, kustomization
+from test_knative_delivery import deploy, render
 
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import IMAGES, MODEL, POSTGRES_URL, REDIS_URL, manifest  # noqa: E402
-
-from imagerec.db import upgrade  # noqa: E402
-from web.client import ApiSession  # noqa: E402
-from workflows.dev import STEPS, Child, free_port  # noqa: E402
+from imagerec.db import get_engine, upgrade
+from tests.conftest import IMAGES, MODEL, POSTGRES_URL, REDIS_URL, manifest
+from web.client import ApiSession
+from workflows.dev import STEPS, Child, free_port
 
 PHOTOS = 20
 
@@ -41,10 +40,8 @@ class Pipeline:
             "IMAGEREC_SECRET_KEY": uuid.uuid4().hex,
             "PYTHONUNBUFFERED": "1",
         }
-        engine = sqlalchemy.create_engine(POSTGRES_URL)
-        with engine.begin() as conn:
+        with get_engine(POSTGRES_URL).begin() as conn:
             conn.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        engine.dispose()
         upgrade(POSTGRES_URL)
         for name, module in STEPS.items():
             port = free_port()
@@ -65,7 +62,14 @@ class Pipeline:
         for child in self.children:
             assert child.wait_ready(180), f"{child.name} did not start"
         cluster.create_namespace(namespace)
-        apply_k(cluster, kustomization(tmp, "knative", namespace), namespace)
+        # Channels before the Sequence: main's render order races the Sequence controller
+        # (test_knative_apply, test_knative_delivery); this test is about the data path.
+        deploy(
+            cluster,
+            render(cluster, kustomization(tmp, "knative", namespace)),
+            namespace,
+            "channels-first",
+        )
         cluster.wait_ready(namespace, KNATIVE_KINDS)
         # The web runs on this side of the bridge: the Broker's address, at the ingress's IP.
         broker = f"http://{cluster.pods['mt-broker-ingress'].ip}/{namespace}/default"
@@ -100,8 +104,8 @@ class Pipeline:
         ids = []
         for path in files:
             result = self.web.upload_file(album_id, path, None)
-            assert result.status == "uploaded", result
-            ids.append(result.detail.rsplit(" ", 1)[-1])
+            assert result.outcome == "uploaded", result
+            ids.append(result.image["id"])
         return ids
 
     def stop(self) -> None:
