@@ -7,6 +7,7 @@ developer's machine and fail them in CI (CI=true), like the PostgreSQL and Redis
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -44,10 +45,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.start()
     except HarnessError as error:
         pytest.fail(f"{error}\nlogs: {c.logs}")
+    kube = c.kubectl("version", "-o", "json").stdout
+    server = json.loads(kube)["serverVersion"]["gitVersion"]
     print(
-        f"\nknative harness: kube-apiserver {VERSIONS['KUBERNETES_VERSION']}, "
+        f"\nknative harness: kube-apiserver {server}, "
         f"Knative Eventing {VERSIONS['EVENTING_VERSION']} (knative-v1.22.2), "
-        f"Serving webhook {VERSIONS['SERVING_VERSION']} (knative-v1.23.0); logs in {c.logs}"
+        f"Serving webhook {VERSIONS['SERVING_VERSION']} (knative-v1.23.0), "
+        f"kn {VERSIONS['CLIENT_VERSION']} "
+        f"(with knative.dev/client/pkg {VERSIONS['KN_PKG_VERSION']}); "
+        f"logs in {c.logs}"
     )
     yield c
     c.stop()

@@ -96,7 +96,7 @@ def missing_components() -> list[str]:
             "channel_dispatcher",
         )
     ]
-    wanted.append(binary("serving", "webhook"))
+    wanted += [binary("serving", "webhook"), binary("client", "kn")]
     missing = [str(p) for p in wanted if not os.access(p, os.X_OK)]
     for tool in ("ip", "nft", "openssl"):
         if shutil.which(tool) is None:
