@@ -44,7 +44,9 @@ BRIDGE = "ikn0"
 NETNS_PREFIX = "ikn-"
 NETWORK = ipaddress.ip_network("10.213.0.0/16")
 GATEWAY = "10.213.0.1"  # the bridge's address: the API server and the steps listen here
-APISERVER_PORT = 6443
+# 443, as the in-cluster address https://kubernetes.default.svc that Eventing's OIDC
+# verifier fetches the issuer's discovery document from.
+APISERVER_PORT = 443
 CLUSTER_DOMAIN = "svc.cluster.local"
 ADMIN_TOKEN = "imagerec-harness-admin"  # noqa: S105 - a test cluster's token, made per run
 
@@ -553,6 +555,8 @@ class Cluster:
                 "imc-dispatcher",
             ),
         ]
+        for name in ("kubernetes.default.svc", f"kubernetes.default.{CLUSTER_DOMAIN}"):
+            self.hosts[name] = GATEWAY
         for p in pods:
             for svc in p.services:
                 self.hosts[
