@@ -6,7 +6,7 @@ SHARED_MODEL := $(abspath ../shared/models/centernet-coco-tfhub-style)
 AXE_VERSION := 4.10.3
 AXE := .cache/axe/node_modules/axe-core/axe.min.js
 
-.PHONY: dev test setup test-setup lint bench
+.PHONY: dev test setup test-setup lint bench knative-setup test-knative
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,18 @@ lint:
 
 test: test-setup lint
 	$(VENV)/bin/python -m pytest
+
+# The real-Knative harness (docs/knative-harness.md): etcd, kube-apiserver, Knative Eventing,
+# Serving's webhook and kn, built once per machine from the Go module proxy into
+# ${IMAGEREC_KNATIVE_CACHE:-~/.cache/imagerec-knative}; nftables gives its network namespaces
+# the Service ports.
+knative-setup:
+	@command -v nft >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null; }
+	sh tests/knative/build.sh
+
+test-knative: test-setup knative-setup
+	IMAGEREC_KNATIVE=1 $(VENV)/bin/python -m pytest -p no:cacheprovider tests/knative
 
 bench: setup
 	$(VENV)/bin/pip install -q -c requirements.lock -e '.[detector,bench]'

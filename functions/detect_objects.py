@@ -231,7 +231,7 @@ def _import_tensorflow():
     os.dup2(null, 2)
     try:
         # psycopg2 first: with TensorFlow loaded before it, libpq's first TLS handshake to
-        # PostgreSQL segfaults (docs/toolchain.md §8), and this step reads the photo's row.
+        # PostgreSQL segfaults (docs/toolchain.md §5), and this step reads the photo's row.
         import psycopg2  # noqa: F401
         import tensorflow as tf
         import tensorflow_hub as hub

@@ -302,7 +302,7 @@ def test_a_heic_is_read_from_its_working_copy(client, embedded, tmp_path):
 
 def test_the_step_can_reach_postgresql_over_tls_after_loading_tensorflow():
     """The order of TensorFlow's and libpq's TLS libraries decides whether the first handshake
-    crashes the process (docs/toolchain.md §8); the step loads its model, then reads rows."""
+    crashes the process (docs/toolchain.md §5); the step loads its model, then reads rows."""
     import psycopg2
     from conftest import POSTGRES_URL, require
 
