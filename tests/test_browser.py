@@ -73,6 +73,9 @@ def create_album(page: Page, name: str) -> str:
     page.fill("#album-name", name)
     page.click("#create-album-button")
     expect(page.locator("#album-title")).to_have_text(name)
+    # album.js, at the end of the body, wires the file input: the title can show before it
+    # runs, and files chosen then are never uploaded (seen once under load).
+    page.wait_for_load_state("load")
     return page.url
 
 

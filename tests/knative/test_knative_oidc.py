@@ -41,13 +41,6 @@ def oidc(cluster: Cluster) -> Iterator[None]:
     set_oidc(cluster, "disabled")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect in knative/components/oidc: EventPolicy broker-senders names the Triggers "
-    "on-uploaded and on-rejected, whose status.auth Eventing sets only once their Broker is Ready "
-    "(pkg/reconciler/broker/trigger/trigger.go), and the Broker is Ready only once that policy is: "
-    "it never becomes Ready (docs/knative-harness.md)",
-)
 def test_the_oidc_overlay_is_ready_and_refuses_an_anonymous_sender(
     cluster: Cluster, standin, oidc, tmp_path: Path
 ) -> None:

@@ -1,12 +1,11 @@
 """Issue 16, test 3: photos uploaded through the web go through the real Broker, Triggers,
-Sequence and IMC dispatcher to the real steps (functions-framework, as `imagerec dev` starts
+Sequence and IMC dispatcher to the real steps (imagerec/serve.py, as `imagerec dev` starts
 them), on PostgreSQL and Redis. Each step's address is a recording `Sink` in front of it, so a
 test can make a step fail and see exactly what the dispatcher sent."""
 
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,8 @@ from test_knative_delivery import deploy, render
 from imagerec.db import get_engine, upgrade
 from tests.conftest import IMAGES, MODEL, POSTGRES_URL, REDIS_URL, manifest
 from web.client import ApiSession
-from workflows.dev import STEPS, Child, free_port
+from workflows.dev import Child, free_port, server_argv
+from workflows.manifests import load_manifests
 
 PHOTOS = 20
 
@@ -43,11 +43,12 @@ class Pipeline:
         with get_engine(POSTGRES_URL).begin() as conn:
             conn.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
         upgrade(POSTGRES_URL)
-        for name, module in STEPS.items():
+        for name, step in load_manifests(ROOT / "knative").steps.items():
             port = free_port()
-            argv = [sys.executable, "-m", "functions_framework", "--source"]
-            argv += [str(ROOT / "functions" / f"{module}.py"), "--target", module]
-            argv += ["--host", "127.0.0.1", "--port", str(port)]
+            argv = server_argv(
+                *("--source", str(ROOT / "functions" / f"{step.function}.py")),
+                *("--target", step.function, "--host", "127.0.0.1", "--port", str(port)),
+            )
             child = Child(
                 name,
                 argv,
@@ -76,16 +77,10 @@ class Pipeline:
         port = free_port()
         web = Child(
             "web",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--threads",
-                "8",
-                "web:create_app()",
-            ],
+            server_argv(
+                *("--app", "web:create_app()", "--threads", "8"),
+                *("--host", "127.0.0.1", "--port", str(port)),
+            ),
             {**self.env, "K_SINK": broker, "K_SERVICE": "web"},
             f"http://127.0.0.1:{port}",
         )
