@@ -69,6 +69,7 @@ def create_album(page: Page, name: str) -> str:
     page.fill("#album-name", name)
     page.click("#create-album-button")
     expect(page.locator("#album-title")).to_have_text(name)
+    page.wait_for_load_state("load")  # album.js wires the file input (test_browser.py)
     return page.url
 
 
