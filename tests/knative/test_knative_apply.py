@@ -36,6 +36,10 @@ def kustomization(tmp: Path, variant: str, namespace: str) -> Path:
                 "kind": "Kustomization",
                 "namespace": namespace,
                 "resources": [str(base)],
+                # Only the top-level kustomization's sortOptions count: a wrapper must ask for
+                # the variant's own order too, or the Sequence renders before its channels
+                # (knative/README.md "Apply order").
+                "sortOptions": {"order": "fifo"},
             }
         )
     )
