@@ -35,8 +35,10 @@ lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: test-setup lint
+# The suite, then the real-Knative harness's tests (collected only with IMAGEREC_KNATIVE=1).
+test: test-setup knative-setup lint
 	$(VENV)/bin/python -m pytest
+	IMAGEREC_KNATIVE=1 $(VENV)/bin/python -m pytest -p no:cacheprovider tests/knative
 
 # The real-Knative harness (docs/knative-harness.md): etcd, kube-apiserver, Knative Eventing,
 # Serving's webhook and kn, built once per machine from the Go module proxy into

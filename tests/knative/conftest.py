@@ -27,6 +27,15 @@ if os.environ.get("IMAGEREC_KNATIVE") != "1":
     collect_ignore_glob = ["test_*.py"]
 
 
+# What the cluster fixture started, printed after the results (pytest captures fixture output).
+RAN_AGAINST: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for line in RAN_AGAINST:
+        terminalreporter.write_line(line)
+
+
 def _unavailable(message: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(message + " (CI needs it: make test-setup builds it)")
@@ -47,8 +56,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.fail(f"{error}\nlogs: {c.logs}")
     kube = c.kubectl("version", "-o", "json").stdout
     server = json.loads(kube)["serverVersion"]["gitVersion"]
-    print(
-        f"\nknative harness: kube-apiserver {server}, "
+    RAN_AGAINST.append(
+        f"knative harness: kube-apiserver {server}, "
         f"Knative Eventing {VERSIONS['EVENTING_VERSION']} (knative-v1.22.2), "
         f"Serving webhook {VERSIONS['SERVING_VERSION']} (knative-v1.23.0), "
         f"kn {VERSIONS['CLIENT_VERSION']} "
