@@ -12,16 +12,16 @@ from a JWKS file or over HTTP, as it reads the API server's /openid/v1/jwks in a
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from local_http import serving
 from pipeline import event_for, step_app
 from test_store_results import dump, labelled
 from test_store_results import upload as upload  # noqa: F401 (fixture)
@@ -169,14 +169,8 @@ def jwks_server() -> Iterator[tuple[str, dict[str, Any]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/openid/v1/jwks", state
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url + "/openid/v1/jwks", state
 
 
 def check_with(url: str) -> senders.SenderCheck:
